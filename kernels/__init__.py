@@ -1,0 +1,1 @@
+"""Triton kernels of fastalign (imported as ``fastalign.kernels``)."""
