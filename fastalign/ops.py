@@ -1,0 +1,338 @@
+"""Public fused ops of fastalign (DESIGN.md section 2), re-exported from ``fastalign``.
+
+Each op validates its arguments, normalises them (contiguous tensors, seeds as an int64 ``[B]``
+tensor, counters as int64 ``[1]`` tensors, all on the input's device), picks a backend
+(``backend=`` argument, then ``$FASTALIGN_BACKEND``, then ``"auto"``) and calls it. Math is float32
+whatever the storage dtype (float32, bfloat16, float16); outputs keep the input dtype. Inputs are
+never modified, except ``out=``, ``udot=`` (AISP perturb accumulates into it) and ``state=``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastalign import _validate as V
+from fastalign import backends as _backends
+
+__all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "available_backends",
+           "importance_weights"]
+
+_CLIP_GROUPS = ("chain", "row", "global")
+
+
+def available_backends(device_type: str | None = None) -> dict[str, str | None]:
+    """``{name: None}`` for every backend that can run here, ``{name: reason}`` for the others."""
+    return _backends.availability(device_type)
+
+
+def _pick(backend: str | None, device: torch.device, compute_dtype):
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
+    name, module = _backends.resolve(backend, device.type)
+    kwargs = {}
+    if compute_dtype is not None:
+        if name != "torch":
+            raise ValueError(f"compute_dtype: only the 'torch' reference backend takes it, not {name!r}")
+        if compute_dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
+        kwargs["compute_dtype"] = compute_dtype
+    return name, module, kwargs
+
+
+def _float_input(x, name, ndim, backend, device=None):
+    return V.check_tensor(x, name, ndim=ndim, allow_float64=(backend == "torch"), device=device)
+
+
+def _result_buffer(out, name, shape, dtype, device, inputs):
+    """(buffer the backend writes, tensor returned to the user)."""
+    if out is None:
+        buf = torch.empty(shape, dtype=dtype, device=device)
+        return buf, buf
+    V.check_out(out, name, shape, dtype, device, inputs)
+    if out.is_contiguous():
+        return out, out
+    return torch.empty(shape, dtype=dtype, device=device), out
+
+
+def _finish(buf, out_user):
+    if buf is not out_user:
+        out_user.copy_(buf)
+    return out_user
+
+
+def _inplace_work(t: torch.Tensor | None):
+    """A contiguous tensor to update in place, plus the user's tensor to copy back into."""
+    if t is None or t.is_contiguous():
+        return t, None
+    return t.contiguous(), t
+
+
+def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, out=None, backend=None,
+                 compute_dtype=None):
+    """Perturb pre-logit states of n rollouts at one decode step.
+
+    ``z[b,i,:] = h[b,i,:] + u[b,step,:] + sigma * eps[b,i,:]`` for ``step < tau`` (``z = h`` past the
+    horizon), with ``eps[b,i,j] = normal(seed[b], ((iteration*n + i)*tau + step)*d + j)``.
+
+    Args:
+        h: ``[B, n, d]`` hidden states (float32/bfloat16/float16).
+        u: ``[B, tau, d]`` control (any of those dtypes; float32 math).
+        sigma: noise scale > 0.
+        seed: int (prompt b uses ``seed + b``) or int64 tensor ``[B]``.
+        iteration, step: ints >= 0 or int64 tensors with one element (device tensors allow CUDA graphs).
+        udot: optional float32 ``[B, n]``; accumulates ``sum_j u[b,step,j] * eps[b,i,j]`` in place.
+        active: optional bool ``[B, n]``; inactive rollouts add nothing to ``udot``.
+        out: optional ``[B, n, d]`` tensor of h's dtype to write into.
+        backend: backend name or None ($FASTALIGN_BACKEND, else "auto").
+        compute_dtype: torch.float64 for the reference backend's exact mode.
+
+    Returns:
+        ``z``: ``[B, n, d]`` of h's dtype.
+    """
+    name, module, kw = _pick(backend, h.device if isinstance(h, torch.Tensor) else torch.device("cpu"),
+                             compute_dtype)
+    _float_input(h, "h", 3, name)
+    device = h.device
+    _float_input(u, "u", 3, name, device)
+    B, n, d = h.shape
+    tau = u.shape[1]
+    if u.shape[0] != B or u.shape[2] != d:
+        raise ValueError(f"u: expected shape [B={B}, tau, d={d}] to match h {tuple(h.shape)}, got {tuple(u.shape)}")
+    V.check_nonempty("h", B=B, n=n, d=d)
+    V.check_nonempty("u", tau=tau)
+    sigma = V.check_real(sigma, "sigma", positive=True)
+    seed_t = V.seeds_tensor(seed, B, device)
+    it_t, it = V.counter_tensor(iteration, "iteration", device)
+    step_t, st = V.counter_tensor(step, "step", device)
+    if it is not None:
+        V.check_offsets("iteration", (it + 1) * n * tau * d)
+    udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
+    if udot is not None:
+        V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
+    if active is not None:
+        if not isinstance(active, torch.Tensor) or active.dtype != torch.bool:
+            raise TypeError(f"active: expected a bool tensor [B, n], got "
+                            f"{getattr(active, 'dtype', type(active).__name__)}")
+        V.check_same_shape(active, "active", (B, n), "[B, n]")
+        if active.device != device:
+            raise ValueError(f"active: expected a tensor on {device}, got one on {active.device}")
+        active = active.contiguous()
+    buf, result = _result_buffer(out, "out", (B, n, d), h.dtype, device,
+                                 {"h": h, "u": u, "udot": udot, "active": active})
+    if st is not None and st >= tau:
+        buf.copy_(h)
+        return _finish(buf, result)
+    u_work = u if (name == "torch" or u.dtype == torch.float32) else u.float()
+    udot_work, udot_user = _inplace_work(udot)
+    module.aisp_perturb(h.contiguous(), u_work.contiguous(), buf, sigma=sigma, seed=seed_t, iteration=it_t,
+                        step=step_t, udot=udot_work, active=active, **kw)
+    if udot_user is not None:
+        udot_user.copy_(udot_work)
+    return _finish(buf, result)
+
+
+def importance_weights(rewards: torch.Tensor, udot: torch.Tensor | None, *, lam: float, alpha: float,
+                       sigma: float) -> torch.Tensor:
+    """AISP weights ``softmax_i(r_i / lam - ((1 - alpha) / sigma) * udot_i)`` per prompt, in float64.
+
+    ``-inf`` rewards get weight 0. Computed in float64 with the maximum subtracted, so rewards of
+    huge magnitude do not overflow.
+    """
+    s = rewards.to(torch.float64) / lam
+    if udot is not None and alpha != 1.0:
+        s = s - ((1.0 - alpha) / sigma) * udot.to(torch.float64)
+    s = torch.where(torch.isneginf(rewards), torch.full_like(s, -math.inf), s)
+    return torch.softmax(s, dim=-1)
+
+
+def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None, udot=None, out=None,
+                backend=None, compute_dtype=None):
+    """Importance-weighted update of the AISP control after one iteration of n rollouts.
+
+    With ``eps`` regenerated from the stream (never stored)::
+
+        s_i   = r_i / lam - ((1 - alpha) / sigma) * udot_i
+        w     = softmax(s)                         (per prompt; -inf reward -> weight 0)
+        u_new = u + sigma * sum_i w_i * eps_i * [t < lengths_i]
+
+    Args:
+        u: ``[B, tau, d]`` control used in this iteration.
+        rewards: ``[B, n]`` rewards of the rollouts (finite or -inf; not all -inf per prompt).
+        sigma, lam: > 0; alpha in [0, 1].
+        seed, iteration: as in :func:`aisp_perturb` for this iteration.
+        lengths: optional int ``[B, n]`` in [0, tau]: generated steps per rollout (default: tau).
+        udot: optional float32 ``[B, n]`` accumulated by :func:`aisp_perturb`; when None it is
+            computed in a first pass that regenerates the noise.
+        out: optional ``[B, tau, d]`` tensor of u's dtype.
+
+    Returns:
+        ``(u_new [B, tau, d] of u's dtype, weights [B, n] float32)``.
+    """
+    name, module, kw = _pick(backend, u.device if isinstance(u, torch.Tensor) else torch.device("cpu"),
+                             compute_dtype)
+    _float_input(u, "u", 3, name)
+    device = u.device
+    B, tau, d = u.shape
+    V.check_nonempty("u", B=B, tau=tau, d=d)
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"rewards: expected a torch.Tensor [B, n], got {type(rewards).__name__}")
+    if not rewards.dtype.is_floating_point:
+        raise TypeError(f"rewards: expected a floating-point tensor, got {rewards.dtype}")
+    if rewards.dim() != 2 or rewards.shape[0] != B:
+        raise ValueError(f"rewards: expected shape [B={B}, n], got {tuple(rewards.shape)}")
+    if rewards.device != device:
+        raise ValueError(f"rewards: expected a tensor on {device}, got one on {rewards.device}")
+    n = rewards.shape[1]
+    V.check_nonempty("rewards", n=n)
+    sigma = V.check_real(sigma, "sigma", positive=True)
+    lam = V.check_real(lam, "lam", positive=True)
+    alpha = V.check_real(alpha, "alpha", lo=0.0, hi=1.0)
+    seed_t = V.seeds_tensor(seed, B, device)
+    it_t, it = V.counter_tensor(iteration, "iteration", device)
+    if it is not None:
+        V.check_offsets("iteration", (it + 1) * n * tau * d)
+    if bool(torch.isnan(rewards).any()):
+        raise ValueError("rewards: expected no NaN values, got NaN")
+    if bool(torch.isposinf(rewards).any()):
+        raise ValueError("rewards: expected finite values or -inf, got +inf")
+    all_neginf = torch.isneginf(rewards).all(dim=1)
+    if bool(all_neginf.any()):
+        bad = all_neginf.nonzero().flatten().tolist()
+        raise ValueError(f"rewards: every reward of prompt(s) {bad} is -inf, so no rollout can be weighted")
+    if lengths is None:
+        lengths_t = torch.full((B, n), tau, dtype=torch.int64, device=device)
+    else:
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"lengths: expected an integer tensor [B, n], got {type(lengths).__name__}")
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths: expected an integer tensor, got {lengths.dtype}")
+        V.check_same_shape(lengths, "lengths", (B, n), "[B, n]")
+        if lengths.device != device:
+            raise ValueError(f"lengths: expected a tensor on {device}, got one on {lengths.device}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > tau:
+            raise ValueError(f"lengths: expected values in [0, tau={tau}], got min {lo}, max {hi}")
+        lengths_t = lengths.to(torch.int64).contiguous()
+    work_dtype = torch.float64 if (name == "torch" and (u.dtype == torch.float64 or
+                                                        compute_dtype == torch.float64)) else torch.float32
+    if udot is not None:
+        udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
+        V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
+    u_work = u.to(work_dtype).contiguous()
+    if udot is None and alpha != 1.0:
+        udot = torch.empty(B, n, dtype=work_dtype, device=device)
+        module.aisp_udot(u_work, lengths_t, udot, seed=seed_t, iteration=it_t, **kw)
+    weights = importance_weights(rewards, udot, lam=lam, alpha=alpha, sigma=sigma)
+    buf, result = _result_buffer(out, "out", (B, tau, d), u.dtype, device,
+                                 {"u": u, "rewards": rewards, "lengths": lengths, "udot": udot})
+    apply_out = buf if buf.dtype == work_dtype else torch.empty(B, tau, d, dtype=work_dtype, device=device)
+    module.aisp_apply(u_work, weights.to(work_dtype).contiguous(), lengths_t, apply_out, sigma=sigma,
+                      seed=seed_t, iteration=it_t, **kw)
+    if apply_out is not buf:
+        buf.copy_(apply_out)
+    return _finish(buf, result), weights.to(torch.float32)
+
+
+def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step, optimizer="sgld", state=None,
+             betas=(0.9, 0.999), eps=1e-8, error_if_nonfinite=False, out=None, backend=None, compute_dtype=None):
+    """One SEA Langevin step on response logits ``y[B, L, V]`` with gradient clipping.
+
+    ``norm`` is the L2 norm of ``grad`` per clip group ("chain": per b, "row": per (b, l), "global":
+    whole tensor, None: no norm). With ``max_norm``, ``g = grad * min(1, max_norm / (norm + 1e-6))``.
+    sgld: ``y - lr*g + noise_std*xi``; adam (``state=(m, v)`` float32, zeros before the first step,
+    updated in place; bias correction with ``t = step + 1``): ``y - lr*mhat/(sqrt(vhat)+eps) + noise_std*xi``,
+    ``xi[b,l,v] = normal(seed[b], step*L*V + l*V + v)``.
+
+    Returns:
+        ``(y_new [B, L, V] of y's dtype, grad_norm)`` with grad_norm float32 ``[B]``, ``[B, L]``,
+        ``[]`` or None (clip=None).
+    """
+    name, module, kw = _pick(backend, y.device if isinstance(y, torch.Tensor) else torch.device("cpu"),
+                             compute_dtype)
+    _float_input(y, "y", 3, name)
+    device = y.device
+    _float_input(grad, "grad", 3, name, device)
+    V.check_same_shape(grad, "grad", tuple(y.shape), "the shape of y [B, L, V]")
+    B, L, Vv = y.shape
+    V.check_nonempty("y", B=B, L=L, V=Vv)
+    lr = V.check_real(lr, "lr", nonnegative=True)
+    noise_std = V.check_real(noise_std, "noise_std", nonnegative=True)
+    if max_norm is not None:
+        max_norm = V.check_real(max_norm, "max_norm", positive=True)
+    if clip is not None and clip not in _CLIP_GROUPS:
+        raise ValueError(f"clip: expected one of {_CLIP_GROUPS} or None, got {clip!r}")
+    if clip is None and max_norm is not None:
+        raise ValueError("max_norm: clipping needs a clip group, got clip=None with max_norm set")
+    if optimizer not in ("sgld", "adam"):
+        raise ValueError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
+    seed_t = V.seeds_tensor(seed, B, device)
+    step_t, st = V.counter_tensor(step, "step", device)
+    if st is not None:
+        V.check_offsets("step", (st + 1) * L * Vv)
+    state_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
+    m = v = None
+    beta1 = beta2 = 0.0
+    eps_f = 0.0
+    if optimizer == "adam":
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError("state: optimizer='adam' needs state=(m, v), two float32 tensors shaped like y")
+        m = V.check_state_tensor(state[0], "state[0] (m)", tuple(y.shape), device, state_dtypes)
+        v = V.check_state_tensor(state[1], "state[1] (v)", tuple(y.shape), device, state_dtypes)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+        beta1 = V.check_real(betas[0], "betas[0]", lo=0.0, hi=1.0)
+        beta2 = V.check_real(betas[1], "betas[1]", lo=0.0, hi=1.0)
+        if beta1 >= 1.0 or beta2 >= 1.0:
+            raise ValueError(f"betas: expected values in [0, 1), got {tuple(betas)}")
+        eps_f = V.check_real(eps, "eps", positive=True)
+    elif state is not None:
+        raise ValueError("state: only optimizer='adam' takes state")
+    buf, result = _result_buffer(out, "out", (B, L, Vv), y.dtype, device,
+                                 {"y": y, "grad": grad, "state[0] (m)": m, "state[1] (v)": v})
+    grad_c = grad.contiguous()
+    norm = None
+    if clip is not None:
+        norm = module.sea_norm(grad_c, group=clip, **kw)
+        if error_if_nonfinite and not bool(torch.isfinite(norm).all()):
+            raise RuntimeError(
+                f"The total norm of gradients for clip group {clip!r} is non-finite, so it cannot be "
+                "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
+                "set `error_if_nonfinite=False`"
+            )
+    m_work, m_user = _inplace_work(m)
+    v_work, v_user = _inplace_work(v)
+    module.sea_update(y.contiguous(), grad_c, buf, norm=norm, group=clip, max_norm=max_norm, lr=lr,
+                      noise_std=noise_std, seed=seed_t, step=step_t, optimizer=optimizer, m=m_work, v=v_work,
+                      beta1=beta1, beta2=beta2, eps=eps_f, **kw)
+    for work, user in ((m_work, m_user), (v_work, v_user)):
+        if user is not None:
+            user.copy_(work)
+    if norm is not None and norm.dtype != torch.float32 and compute_dtype is None:
+        norm = norm.float()
+    return _finish(buf, result), norm
+
+
+def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtype=None):
+    """``x + std * xi`` with SEA's noise indexing: ``xi[b, k] = normal(seed[b], step*N + k)``.
+
+    ``x`` is ``[B, ...]`` (``N`` = elements per chain, ``L*V`` for logits ``[B, L, V]``); it draws the
+    same numbers as :func:`sea_step` at the same seed and step.
+    """
+    name, module, kw = _pick(backend, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"),
+                             compute_dtype)
+    _float_input(x, "x", None, name)
+    if x.dim() < 2:
+        raise ValueError(f"x: expected a tensor [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
+    device = x.device
+    B = x.shape[0]
+    N = math.prod(x.shape[1:])
+    V.check_nonempty("x", B=B, N=N)
+    std = V.check_real(std, "std", nonnegative=True)
+    seed_t = V.seeds_tensor(seed, B, device)
+    step_t, st = V.counter_tensor(step, "step", device)
+    if st is not None:
+        V.check_offsets("step", (st + 1) * N)
+    buf, result = _result_buffer(out, "out", tuple(x.shape), x.dtype, device, {"x": x})
+    module.gaussian_perturb(x.contiguous().view(B, N), buf.view(B, N), std=std, seed=seed_t, step=step_t, **kw)
+    return _finish(buf, result)
