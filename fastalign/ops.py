@@ -29,14 +29,14 @@ def available_backends(device_type: str | None = None) -> dict[str, str | None]:
 def _pick(backend: str | None, device: torch.device, compute_dtype):
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
-    name, module = _backends.resolve(backend, device.type)
     kwargs = {}
     if compute_dtype is not None:
-        if name != "torch":
-            raise ValueError(f"compute_dtype: only the 'torch' reference backend takes it, not {name!r}")
+        if backend != "torch":
+            raise ValueError(f"compute_dtype: only backend='torch' (the reference) takes it, got backend={backend!r}")
         if compute_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
         kwargs["compute_dtype"] = compute_dtype
+    name, module = _backends.resolve(backend, device.type)
     return name, module, kwargs
 
 
@@ -308,7 +308,7 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     for work, user in ((m_work, m_user), (v_work, v_user)):
         if user is not None:
             user.copy_(work)
-    if norm is not None and norm.dtype != torch.float32 and compute_dtype is None:
+    if norm is not None and norm.dtype != torch.float32 and compute_dtype is None and y.dtype != torch.float64:
         norm = norm.float()
     return _finish(buf, result), norm
 
