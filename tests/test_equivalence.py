@@ -115,7 +115,7 @@ def test_aisp_update_matches_reference(device, backend, shape):
         assert u_new.dtype == torch.float32 and w.dtype == torch.float32
         assert_matches_reference(w, w64, torch.float32, name="weights", atol=1e-6)
         assert_matches_reference(u_new, u64, torch.float32, name=f"u_new it={it}")
-        assert torch.allclose(w.sum(1).double(), torch.ones(B, dtype=F64), atol=1e-5)
+        assert torch.allclose(w.sum(1).double(), torch.ones(B, dtype=F64, device=device), atol=1e-5)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
