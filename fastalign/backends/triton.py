@@ -1,0 +1,102 @@
+"""The Triton backend (``backend="triton"``): fused ``@triton.jit`` kernels from ``fastalign.kernels``.
+
+Runs on CUDA GPUs, and on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``, for
+tests). Triton and the kernel modules are imported lazily, on the first call, so ``import fastalign``
+works without Triton installed. The functions implement the backend API of
+:mod:`fastalign.backends` (arguments already validated and normalised by :mod:`fastalign.ops`).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+__all__ = ["is_available", "aisp_perturb", "aisp_udot", "aisp_apply", "sea_norm", "sea_update",
+           "gaussian_perturb"]
+
+
+def is_available(device_type: str) -> str | None:
+    """None when the Triton kernels can run on ``device_type`` tensors here, else the reason."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"triton cannot be imported ({type(exc).__name__}: {exc}); install fastalign[triton]"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return "TRITON_INTERPRET=1 is set, so Triton would interpret instead of compiling for the GPU"
+        return None
+    if device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton runs on CPU tensors only under its interpreter (set TRITON_INTERPRET=1 before importing triton)"
+        return None
+    return f"Triton kernels do not run on {device_type!r} tensors"
+
+
+def _ensure_kernels_package() -> None:
+    """Make ``fastalign.kernels`` importable from a source checkout that is not installed.
+
+    Installed (wheel or editable), the package configuration maps top-level ``kernels/`` to
+    ``fastalign.kernels``. Run from a plain checkout, that mapping does not exist, so the directory
+    next to the ``fastalign`` package is registered under that name here.
+    """
+    if "fastalign.kernels" in sys.modules:
+        return
+    try:
+        importlib.import_module("fastalign.kernels")
+        return
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("fastalign.kernels",):
+            raise
+    root = Path(__file__).resolve().parents[2] / "kernels"
+    spec = importlib.util.spec_from_file_location("fastalign.kernels", root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    if spec is None or not (root / "__init__.py").is_file():
+        raise ModuleNotFoundError(f"fastalign.kernels: not installed and no source directory at {root}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fastalign.kernels"] = module
+    spec.loader.exec_module(module)
+
+
+def _kernels(name: str):
+    _ensure_kernels_package()
+    return importlib.import_module(f"fastalign.kernels.{name}")
+
+
+def aisp_perturb(h, u, out, *, sigma, seed, iteration, step, udot, active) -> None:
+    """``out = h + u[:, step] + sigma * eps`` (``h`` past the horizon); ``udot += u . eps`` if given."""
+    _kernels("aisp_perturb").aisp_perturb(h, u, out, sigma=sigma, seed=seed, iteration=iteration, step=step,
+                                          udot=udot, active=active)
+
+
+def aisp_udot(u, lengths, udot_out, *, seed, iteration) -> None:
+    """``udot_out[b,i] = sum_{t < lengths[b,i]} u[b,t] . eps[b,i,t]`` (noise regenerated)."""
+    _kernels("aisp_update").aisp_udot(u, lengths, udot_out, seed=seed, iteration=iteration)
+
+
+def aisp_apply(u, weights, lengths, out, *, sigma, seed, iteration) -> None:
+    """``out = u + sigma * sum_i weights[b,i] * eps[b,i] * [t < lengths[b,i]]`` (noise regenerated)."""
+    _kernels("aisp_update").aisp_apply(u, weights, lengths, out, sigma=sigma, seed=seed, iteration=iteration)
+
+
+def sea_norm(grad, *, group) -> torch.Tensor:
+    """Float32 L2 norms of ``grad [B, L, V]`` per clip group, reduced in a fixed order."""
+    return _kernels("sea_step").sea_norm(grad, group=group)
+
+
+def sea_update(y, grad, out, *, norm, group, max_norm, lr, noise_std, seed, step, optimizer, m, v, beta1, beta2,
+               eps) -> None:
+    """Fused clip + sgld/adam update + Langevin noise (see ``fastalign.kernels.sea_step``)."""
+    _kernels("sea_step").sea_update(y, grad, out, norm=norm, group=group, max_norm=max_norm, lr=lr,
+                                    noise_std=noise_std, seed=seed, step=step, optimizer=optimizer, m=m, v=v,
+                                    beta1=beta1, beta2=beta2, eps=eps)
+
+
+def gaussian_perturb(x, out, *, std, seed, step) -> None:
+    """``out = x + std * normal(seed[b], step*N + k)`` for ``x, out: [B, N]``."""
+    _kernels("gaussian_perturb").gaussian_perturb(x, out, std=std, seed=seed, step=step)
