@@ -172,8 +172,7 @@ void sea_update(const at::Tensor& y, const at::Tensor& grad, at::Tensor& out, co
     m_ptr = m->data_ptr<float>();
     v_ptr = v->data_ptr<float>();
   }
-  const AdamCoefs coefs = make_adam_coefs(static_cast<float>(lr), static_cast<float>(beta1),
-                                          static_cast<float>(beta2), static_cast<float>(eps), st);
+  const AdamCoefs coefs = make_adam_coefs(lr, beta1, beta2, eps, st);
   const int64_t* seed_ptr = seed.data_ptr<int64_t>();
   FASTALIGN_DISPATCH_STORAGE(y.scalar_type(), "sea_step", [&] {
     TORCH_CHECK(grad.scalar_type() == y.scalar_type(), "sea_step: grad dtype ", grad.scalar_type(),

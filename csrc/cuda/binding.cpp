@@ -214,7 +214,7 @@ void sea_update(const torch::Tensor& y, const torch::Tensor& grad, const torch::
   check_launch(fa::sea_update(storage_dtype(y, "y"), y.data_ptr(), grad.data_ptr(), out.data_ptr(), norm_ptr, clip,
                               static_cast<float>(max_norm), static_cast<float>(lr), static_cast<float>(noise_std),
                               seed.data_ptr<int64_t>(), step.data_ptr<int64_t>(), m_ptr, v_ptr,
-                              static_cast<float>(beta1), static_cast<float>(beta2), static_cast<float>(eps), B, L, V,
+                              beta1, beta2, eps, B, L, V,
                               current_stream()),
                "sea_update");
 }

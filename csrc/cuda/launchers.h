@@ -67,7 +67,7 @@ cudaError_t sea_norm(Dtype dtype, const void* x, float* norm_out, float* partial
 //   g = grad * clip_coef(norm, max_norm); xi[b,l,v] = normal(seed[b], step*L*V + l*V + v).
 cudaError_t sea_update(Dtype dtype, const void* y, const void* grad, void* out, const float* norm,
                        ClipGroup group, float max_norm, float lr, float noise_std, const int64_t* seed,
-                       const int64_t* step, float* m, float* v, float beta1, float beta2, float eps,
+                       const int64_t* step, float* m, float* v, double beta1, double beta2, double eps,
                        int64_t B, int64_t L, int64_t V, cudaStream_t stream);
 
 // Gaussian perturbation with the SEA indexing: x, out [B, N]; out = x + std * normal(seed[b], step*N + k).

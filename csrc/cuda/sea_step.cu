@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 sea_update_kernel(const T* __restrict__ y, const T* __restrict__ grad, T* __restrict__ out,
                   const float* __restrict__ norm, int group, float max_norm, float lr, float noise_std,
                   const int64_t* __restrict__ seed, const int64_t* __restrict__ step, float* __restrict__ m,
-                  float* __restrict__ v, float beta1, float beta2, float eps, int64_t B, int64_t L, int64_t V,
+                  float* __restrict__ v, double beta1, double beta2, double eps, int64_t B, int64_t L, int64_t V,
                   bool vec) {
   __shared__ AdamCoefs coefs_shared;
   const int64_t st = *step;
@@ -165,7 +165,7 @@ cudaError_t launch_norm(const void* x, float* norm_out, float* partials, int64_t
 template <typename T>
 cudaError_t launch_update(const void* y, const void* grad, void* out, const float* norm, ClipGroup group,
                           float max_norm, float lr, float noise_std, const int64_t* seed, const int64_t* step,
-                          float* m, float* v, float beta1, float beta2, float eps, int64_t B, int64_t L,
+                          float* m, float* v, double beta1, double beta2, double eps, int64_t B, int64_t L,
                           int64_t V, cudaStream_t stream) {
   const int64_t N = L * V;
   const bool vec = N % 4 == 0 && aligned4<T>(y) && aligned4<T>(grad) && aligned4<T>(out) && aligned4<float>(m) &&
@@ -205,7 +205,7 @@ cudaError_t sea_norm(Dtype dtype, const void* x, float* norm_out, float* partial
 
 cudaError_t sea_update(Dtype dtype, const void* y, const void* grad, void* out, const float* norm,
                        ClipGroup group, float max_norm, float lr, float noise_std, const int64_t* seed,
-                       const int64_t* step, float* m, float* v, float beta1, float beta2, float eps,
+                       const int64_t* step, float* m, float* v, double beta1, double beta2, double eps,
                        int64_t B, int64_t L, int64_t V, cudaStream_t stream) {
   if (B == 0 || L * V == 0) return cudaSuccess;
   switch (dtype) {

@@ -7,21 +7,28 @@ namespace fastalign {
 
 // Step constants of Adam at step index `step` (bias correction uses t = step + 1), computed once per
 // launch on the host or once per thread from a device-side step counter.
+// Every constant is computed in double from the caller's double hyper-parameters and rounded once to
+// float, as torch.optim.Adam does: 1 - beta2 for beta2 = 0.9999 taken from a float beta2 would be off
+// by 8e-5 relative, which the float64 reference sees.
 struct AdamCoefs {
   float lr, beta1, beta2, eps;
-  float bias1;  // 1 - beta1^t
-  float bias2;  // 1 - beta2^t
+  float one_minus_beta1;  // 1 - beta1
+  float one_minus_beta2;  // 1 - beta2
+  float bias1;            // 1 - beta1^t
+  float bias2;            // 1 - beta2^t
 };
 
-FA_HOST_DEVICE inline AdamCoefs make_adam_coefs(float lr, float beta1, float beta2, float eps, int64_t step) {
+FA_HOST_DEVICE inline AdamCoefs make_adam_coefs(double lr, double beta1, double beta2, double eps, int64_t step) {
   const double t = static_cast<double>(step) + 1.0;
   AdamCoefs c;
-  c.lr = lr;
-  c.beta1 = beta1;
-  c.beta2 = beta2;
-  c.eps = eps;
-  c.bias1 = static_cast<float>(1.0 - pow(static_cast<double>(beta1), t));
-  c.bias2 = static_cast<float>(1.0 - pow(static_cast<double>(beta2), t));
+  c.lr = static_cast<float>(lr);
+  c.beta1 = static_cast<float>(beta1);
+  c.beta2 = static_cast<float>(beta2);
+  c.eps = static_cast<float>(eps);
+  c.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  c.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  c.bias1 = static_cast<float>(1.0 - pow(beta1, t));
+  c.bias2 = static_cast<float>(1.0 - pow(beta2, t));
   return c;
 }
 
@@ -33,8 +40,8 @@ FA_HOST_DEVICE inline float sgld_update(float y, float g, float lr, float noise_
 // adam: m, v updated in place; y - lr * mhat / (sqrt(vhat) + eps) + noise_std * xi
 FA_HOST_DEVICE inline float adam_update(float y, float g, float* m, float* v, const AdamCoefs& c,
                                         float noise_std, float xi) {
-  const float m_new = c.beta1 * (*m) + (1.0f - c.beta1) * g;
-  const float v_new = c.beta2 * (*v) + (1.0f - c.beta2) * g * g;
+  const float m_new = c.beta1 * (*m) + c.one_minus_beta1 * g;
+  const float v_new = c.beta2 * (*v) + c.one_minus_beta2 * g * g;
   *m = m_new;
   *v = v_new;
   const float mhat = m_new / c.bias1;
