@@ -1,0 +1,249 @@
+"""AISP over tiny random causal LMs: the Hugging Face plumbing, shapes, determinism, batch invariance,
+backend agreement, learning a synthetic reward, and errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import _tiny
+import fastalign as fa
+from fastalign import _hf
+from fastalign.aisp import aisp_generate, standardize_rewards
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny models are dominated by per-op overhead: one thread is several times faster on a busy box
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _backend_params():
+    avail = fa.available_backends("cpu")
+    params = [pytest.param("torch", id="torch")]
+    marks = [] if avail.get("cpu") is None else [pytest.mark.skip(reason=f"cpu backend cannot run: {avail.get('cpu')}")]
+    params.append(pytest.param("cpu", id="cpu", marks=marks))
+    return params
+
+
+SMALL = dict(n=4, iterations=2, sigma=1.0, max_new_tokens=6, progress=False)
+
+
+# --- Hugging Face plumbing -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_greedy_decode_matches_generate(arch):
+    model, tok = _tiny.model(arch), _tiny.tokenizer()
+    ids, mask = _hf.encode_prompts(tok, _tiny.PROMPTS)
+    assert ids.shape[0] == 5 and bool((mask[:, -1] == 1).all())  # left padded
+    roll = _hf.decode(model, ids, mask, max_new_tokens=7, eos_ids=[1], pad_id=0)
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=7, do_sample=False,
+                         eos_token_id=1, pad_token_id=0)[:, ids.shape[1]:]
+    for b in range(5):
+        n = int(roll.lengths[b])
+        assert roll.tokens[b, :n].tolist() == ref[b, :n].tolist()
+
+
+def test_perturb_head_input_is_the_head_input():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    ids, mask = _hf.encode_prompts(tok, ["w1 w2 w3"])
+    delta = torch.randn(_tiny.HIDDEN, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+        want = model.lm_head(h + delta)
+        with _hf.perturb_head_input(model, lambda x: x + delta):
+            got = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
+        plain = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # hook removed
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain, model.lm_head(h), rtol=1e-5, atol=1e-5)
+
+
+def test_perturbed_gemma2_logits_keep_final_softcapping():
+    model, tok = _tiny.model("gemma2"), _tiny.tokenizer()
+    cap = model.config.final_logit_softcapping
+    ids, mask = _hf.encode_prompts(tok, ["w1 w2"])
+    with torch.no_grad(), _hf.perturb_head_input(model, lambda x: x * 100.0):
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+        h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1] * 100.0
+    raw = model.lm_head(h)
+    assert raw.abs().max() > 2 * cap  # without capping the logits would exceed the cap
+    torch.testing.assert_close(logits[:, -1], cap * torch.tanh(raw / cap), rtol=1e-5, atol=1e-5)
+
+
+def test_stream_seeds_depend_on_prompt_and_seed_only():
+    a = _hf.stream_seeds(0, ["x", "y", "x"])
+    assert a[0] == a[2] != a[1]
+    assert _hf.stream_seeds(0, ["y"]) == [a[1]]
+    assert _hf.stream_seeds(1, ["x"]) != [a[0]]
+    assert _hf.stream_seeds([0, 1], ["x", "x"]) == [a[0], _hf.stream_seeds(1, ["x"])[0]]
+    assert all(0 <= s < 2**63 for s in a)
+    with pytest.raises(ValueError, match="seed"):
+        _hf.stream_seeds([1, 2], ["x"])
+    with pytest.raises(ValueError, match="seed"):
+        _hf.stream_seeds(-1, ["x"])
+
+
+def test_standardize_rewards():
+    r = torch.tensor([[1.0, 2.0, 3.0, -math.inf], [5.0, 5.0, 5.0, 5.0]])
+    z = standardize_rewards(r)
+    s = math.sqrt(2.0 / 3.0)
+    torch.testing.assert_close(z[0, :3], torch.tensor([-1 / s, 0.0, 1 / s], dtype=torch.float64))
+    assert z[0, 3] == -math.inf
+    assert z[1].tolist() == [0.0] * 4
+
+
+# --- the method ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", _tiny.ARCHES)
+def test_shapes_and_types(arch):
+    model, tok = _tiny.model(arch), _tiny.tokenizer()
+    out = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), backend="torch", with_base=True, **SMALL)
+    assert isinstance(out, list) and len(out) == 2
+    for res, prompt in zip(out, _tiny.PROMPTS[:2]):
+        assert isinstance(res, _hf.AlignResult) and res.method == "aisp" and res.prompt == prompt
+        assert isinstance(res.response, str) and isinstance(res.reward, float)
+        assert res.reward == float(res.response.split().count("w7"))
+        assert tok.decode(res.response_ids, skip_special_tokens=True) == res.response
+        assert len(res.response_ids) <= SMALL["max_new_tokens"]
+        assert len(res.trace_mean) == len(res.trace_max) == SMALL["iterations"]
+        assert res.trace == list(zip(res.trace_mean, res.trace_max))
+        assert res.reward == max(res.trace_max)
+        assert all(m <= x for m, x in zip(res.trace_mean, res.trace_max))
+        assert res.reward_calls == SMALL["n"] * SMALL["iterations"]
+        assert res.seconds > 0
+        assert isinstance(res.base_response, str) and res.base_reward == float(res.base_response.split().count("w7"))
+        assert res.to_dict()["response"] == res.response
+    single = aisp_generate(model, tok, _tiny.PROMPTS[0], _tiny.count_reward("w7"), backend="torch", **SMALL)
+    assert isinstance(single, _hf.AlignResult)
+    assert single.response_ids == out[0].response_ids
+
+
+def test_base_response_is_greedy():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    res = aisp_generate(model, tok, _tiny.PROMPTS[2], _tiny.count_reward(), backend="torch", with_base=True, **SMALL)
+    ids, mask = _hf.encode_prompts(tok, [_tiny.PROMPTS[2]])
+    greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                            eos_token_id=1, pad_token_id=0)[0, ids.shape[1]:]
+    assert res.base_response == tok.decode(greedy, skip_special_tokens=True)
+
+
+def test_same_seed_same_tokens_and_seed_matters():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(backend="torch", **SMALL)
+    a = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), seed=3, **kw)
+    b = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), seed=3, **kw)
+    c = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), seed=4, **kw)
+    assert [r.response_ids for r in a] == [r.response_ids for r in b]
+    assert [r.trace_mean for r in a] == [r.trace_mean for r in b]
+    assert [r.response_ids for r in a] != [r.response_ids for r in c]
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_batch_invariance(backend):
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(backend=backend, **SMALL)
+    alone = aisp_generate(model, tok, _tiny.PROMPTS[2], _tiny.count_reward(), seed=11, **kw)
+    batch = aisp_generate(model, tok, _tiny.PROMPTS, _tiny.count_reward(), seed=11, **kw)
+    assert batch[2].response_ids == alone.response_ids
+    assert batch[2].trace_mean == alone.trace_mean and batch[2].trace_max == alone.trace_max
+    # the same prompt placed first in a different batch
+    other = aisp_generate(model, tok, [_tiny.PROMPTS[2], _tiny.PROMPTS[0]], _tiny.count_reward(), seed=11, **kw)
+    assert other[0].response_ids == alone.response_ids
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_cpu_backend_matches_torch_backend(arch):
+    reason = fa.available_backends("cpu").get("cpu")
+    if reason is not None:
+        pytest.skip(f"cpu backend cannot run: {reason}")
+    model, tok = _tiny.model(arch), _tiny.tokenizer()
+    kw = dict(n=6, iterations=3, sigma=1.0, max_new_tokens=8, progress=False, seed=5)
+    ref = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), backend="torch", **kw)
+    got = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), backend="cpu", **kw)
+    assert [r.response_ids for r in got] == [r.response_ids for r in ref]
+    assert [r.trace_mean for r in got] == [r.trace_mean for r in ref]
+
+
+def test_learns_a_synthetic_reward():
+    """The mean reward of the last iteration beats the first, on average over seeds and prompts."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    first, last, best = [], [], []
+    for seed in range(3):
+        out = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), n=8, iterations=6, sigma=1.0,
+                            lam=0.3, max_new_tokens=10, seed=seed, backend="torch", progress=False)
+        for r in out:
+            first.append(r.trace_mean[0])
+            last.append(r.trace_mean[-1])
+            best.append(r.reward)
+    mean_first, mean_last = sum(first) / len(first), sum(last) / len(last)
+    assert mean_last > mean_first + 0.3, (first, last)
+    assert sum(l > f for f, l in zip(first, last)) >= len(first) // 2 + 1
+    assert min(best) >= 1.0
+
+
+def test_normalize_rewards_and_horizon_run():
+    model, tok = _tiny.model("qwen2"), _tiny.tokenizer()
+    res = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), n=4, iterations=2, sigma=1.0, lam=0.5,
+                        normalize_rewards=True, horizon=3, max_new_tokens=6, backend="torch", progress=False)
+    assert [r.extra["horizon"] for r in res] == [3, 3]
+    assert all(r.extra["normalize_rewards"] for r in res)
+
+
+def test_rejected_rollouts_do_not_crash():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+
+    def reject_first_prompt(prompts, responses):
+        return torch.tensor([-math.inf if p == _tiny.PROMPTS[0] else 1.0 for p in prompts])
+
+    out = aisp_generate(model, tok, _tiny.PROMPTS[:2], reject_first_prompt, backend="torch", **SMALL)
+    assert out[0].reward == -math.inf and isinstance(out[0].response, str)
+    assert out[1].reward == 1.0
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+def test_reward_of_wrong_length_raises():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    with pytest.raises(ValueError, match=r"reward: expected 8 rewards"):
+        aisp_generate(model, tok, _tiny.PROMPTS[:2], lambda p, r: torch.zeros(len(r) - 1), backend="torch", **SMALL)
+
+
+def test_nan_reward_raises():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    with pytest.raises(ValueError, match="NaN"):
+        aisp_generate(model, tok, _tiny.PROMPTS[:2], lambda p, r: torch.full((len(r),), float("nan")),
+                      backend="torch", **SMALL)
+
+
+def test_model_without_output_projection_raises():
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    base = AutoModel.from_config(_tiny.config("llama")).eval()  # LlamaModel: no lm_head
+    with pytest.raises(ValueError, match="output projection"):
+        aisp_generate(base, _tiny.tokenizer(), "w1", _tiny.count_reward(), backend="torch", **SMALL)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=0), "n:"), (dict(iterations=0), "iterations:"), (dict(sigma=0.0), "sigma:"), (dict(lam=-1.0), "lam:"),
+    (dict(alpha=1.5), "alpha:"), (dict(horizon=7), "horizon:"), (dict(max_new_tokens=0), "max_new_tokens:"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(SMALL, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        aisp_generate(model, tok, "w1", _tiny.count_reward(), backend="torch", **kw)
+
+
+def test_bad_prompts_and_reward_raise():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    with pytest.raises(ValueError, match="prompts"):
+        aisp_generate(model, tok, [], _tiny.count_reward(), **SMALL)
+    with pytest.raises(TypeError, match=r"prompts\[1\]"):
+        aisp_generate(model, tok, ["w1", 3], _tiny.count_reward(), **SMALL)
+    with pytest.raises(TypeError, match="reward"):
+        aisp_generate(model, tok, "w1", "not callable", **SMALL)

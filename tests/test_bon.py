@@ -1,0 +1,103 @@
+"""Best-of-N over tiny random causal LMs: stream sampling, shapes, determinism, batch invariance, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import _tiny
+from fastalign import _hf
+from fastalign.bon import bon_generate
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+KW = dict(n=6, max_new_tokens=6, progress=False)
+
+
+def test_sample_tokens_follows_the_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(4000, 4)
+    seeds = torch.full((4000,), 123, dtype=torch.int64)
+    draws = _hf.sample_tokens(logits, seeds, torch.arange(4000))
+    freq = torch.bincount(draws, minlength=4).double() / 4000
+    probs = torch.softmax(logits[0].double(), -1)
+    # 4 standard errors of a binomial proportion
+    assert bool(((freq - probs).abs() <= 4 * (probs * (1 - probs) / 4000).sqrt()).all()), (freq, probs)
+    # the same (seed, offset) gives the same draw whatever the other rows are
+    again = _hf.sample_tokens(logits[:10], seeds[:10], torch.arange(10))
+    assert again.tolist() == draws[:10].tolist()
+
+
+def test_sample_tokens_top_p_and_greedy():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
+    seeds = torch.zeros(2000, dtype=torch.int64)
+    draws = _hf.sample_tokens(logits, seeds, torch.arange(2000), top_p=0.7)
+    assert set(draws.tolist()) == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: nucleus {0, 1}
+    frac0 = float((draws == 0).double().mean())
+    assert abs(frac0 - 0.5 / 0.8) < 0.05
+    greedy = _hf.sample_tokens(logits[:5], seeds[:5], torch.arange(5), temperature=0.0)
+    assert greedy.tolist() == [0] * 5
+
+
+def test_shapes_and_types():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    out = bon_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), batch_size=6, with_base=True, **KW)
+    assert len(out) == 2
+    for res in out:
+        assert isinstance(res, _hf.AlignResult) and res.method == "bon"
+        assert res.reward_calls == 6
+        assert len(res.trace_mean) == 2  # batch_size 6 over 2 prompts: 3 samples per round
+        assert res.reward == max(res.trace_max) == float(res.response.split().count("w7"))
+        assert tok.decode(res.response_ids, skip_special_tokens=True) == res.response
+        assert isinstance(res.base_response, str)
+    single = bon_generate(model, tok, _tiny.PROMPTS[0], _tiny.count_reward(), **KW)
+    assert isinstance(single, _hf.AlignResult)
+
+
+def test_determinism_batch_invariance_and_batch_size_invariance():
+    model, tok = _tiny.model("gpt2"), _tiny.tokenizer()
+    samples = {}
+
+    def recording_reward(prompts, responses):
+        for p, r in zip(prompts, responses):
+            samples.setdefault(p, []).append(r)
+        return torch.tensor([float(r.split().count("w7")) for r in responses])
+
+    alone = bon_generate(model, tok, _tiny.PROMPTS[3], recording_reward, seed=2, batch_size=64, **KW)
+    alone_samples = samples.pop(_tiny.PROMPTS[3])
+    samples.clear()
+    batch = bon_generate(model, tok, _tiny.PROMPTS, recording_reward, seed=2, batch_size=10, **KW)
+    assert sorted(samples[_tiny.PROMPTS[3]]) == sorted(alone_samples)  # the same 6 samples, in rounds of 2
+    assert batch[3].response_ids == alone.response_ids
+    assert len(set(alone_samples)) > 1  # sampling does sample
+    again = bon_generate(model, tok, _tiny.PROMPTS[3], _tiny.count_reward(), seed=2, **KW)
+    assert again.response_ids == alone.response_ids
+
+
+def test_temperature_zero_is_greedy():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    seen = []
+
+    def reward(prompts, responses):
+        seen.extend(responses)
+        return torch.zeros(len(responses))
+
+    res = bon_generate(model, tok, _tiny.PROMPTS[1], reward, temperature=0.0, with_base=True, **KW)
+    assert set(seen) == {res.base_response}
+
+
+def test_errors():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    with pytest.raises(ValueError, match="reward: expected 6 rewards"):
+        bon_generate(model, tok, "w1", lambda p, r: torch.zeros(3), **KW)
+    with pytest.raises(ValueError, match="NaN"):
+        bon_generate(model, tok, "w1", lambda p, r: [float("nan")] * len(r), **KW)
+    with pytest.raises(ValueError, match="top_p"):
+        bon_generate(model, tok, "w1", _tiny.count_reward(), top_p=1.5, **KW)
+    with pytest.raises(ValueError, match="n:"):
+        bon_generate(model, tok, "w1", _tiny.count_reward(), n=0, max_new_tokens=4, progress=False)
