@@ -71,41 +71,119 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def _check_index_tensor(t: torch.Tensor, name: str, device: torch.device) -> None:
+    """An integer tensor (seed/counter) must live on ``device`` or on the CPU (copied over)."""
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name}: expected an int or an integer tensor, got a {t.dtype} tensor")
+    if t.device != device and t.device.type != "cpu":
+        alt = "" if device.type == "cpu" else " (or on the cpu)"
+        raise ValueError(f"{name}: expected a tensor on {device}{alt}, got one on {t.device}")
+
+
+def _as_int64_checked(t: torch.Tensor, name: str) -> torch.Tensor:
+    """``t`` as int64; unsigned 64-bit values >= 2**63 (which would wrap negative) are an error."""
+    if t.dtype == torch.uint64:
+        wrapped = t.to(torch.int64)
+        if t.numel() and not _capturing(t.device) and bool((wrapped < 0).any()):
+            raise ValueError(f"{name}: expected values < 2**63, got a uint64 value >= 2**63")
+        return wrapped
+    return t.to(torch.int64)
+
+
+#: Counters 0 .. _COUNTER_TABLE_SIZE-1 are served as one-element views of a per-device arange table,
+#: and ``seed + arange(B)`` tensors are cached, so a decode step pays no host-to-device copy (and no
+#: allocation) for its seed and counters. The table and cached seeds are never freed, so a CUDA graph
+#: captured with int counters keeps valid pointers. Backends only read these tensors.
+_COUNTER_TABLE_SIZE = 1 << 16
+_SEED_CACHE_SIZE = 1024
+_counter_tables: dict[torch.device, torch.Tensor] = {}
+_counter_views: dict[tuple[int, torch.device], torch.Tensor] = {}
+_seed_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _reads_back(t: torch.Tensor) -> bool:
+    """Whether the values of an index tensor are read on the host for checks.
+
+    CPU tensors are; tensors on an accelerator are used as given (reading them would synchronise the
+    stream on every decode step, and is impossible inside a CUDA-graph capture).
+    """
+    return t.device.type == "cpu"
+
+
+def _counter_view(value: int, device: torch.device) -> torch.Tensor | None:
+    view = _counter_views.get((value, device))
+    if view is not None:
+        return view
+    if not 0 <= value < _COUNTER_TABLE_SIZE or _capturing(device):
+        return None
+    table = _counter_tables.get(device)
+    if table is None:
+        with torch.inference_mode(False):
+            table = torch.arange(_COUNTER_TABLE_SIZE, dtype=torch.int64, device=device)
+        _counter_tables[device] = table
+    view = table[value:value + 1]
+    _counter_views[(value, device)] = view
+    return view
+
+
 def seeds_tensor(seed, B: int, device: torch.device) -> torch.Tensor:
-    """``seed`` as an int64 ``[B]`` tensor on ``device``: an int ``s`` becomes ``s + arange(B)``."""
+    """``seed`` as an int64 ``[B]`` tensor on ``device``: an int ``s`` becomes ``s + arange(B)``.
+
+    A tensor ``[B]`` gives each prompt/chain its own seed (in [0, 2**63)); it may be on ``device``
+    or on the CPU. A 0-d tensor counts as an int. Values of a CPU tensor are checked; a tensor on a
+    GPU is used as given (no read-back, see :func:`_reads_back`).
+    """
+    if isinstance(seed, torch.Tensor):
+        _check_index_tensor(seed, "seed", device)
     if isinstance(seed, torch.Tensor) and seed.dim() > 0:
-        if seed.dtype.is_floating_point or seed.dtype in (torch.bool,) or seed.is_complex():
-            raise TypeError(f"seed: expected an integer tensor, got {seed.dtype}")
         if seed.dim() != 1 or seed.shape[0] != B:
             raise ValueError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
-        seed = seed.to(device=device, dtype=torch.int64).contiguous()
-        if not _capturing(device) and B > 0 and bool((seed < 0).any()):
-            raise ValueError(f"seed: expected seeds >= 0, got min {int(seed.min())}")
-        return seed
+        if _reads_back(seed):
+            seed = _as_int64_checked(seed, "seed")
+            if B > 0 and bool((seed < 0).any()):
+                raise ValueError(f"seed: expected seeds >= 0, got min {int(seed.min())}")
+        elif seed.dtype != torch.int64:
+            seed = seed.to(torch.int64)
+        return seed.to(device=device).contiguous()
     if isinstance(seed, torch.Tensor):
-        if seed.dtype.is_floating_point or seed.dtype == torch.bool:
-            raise TypeError(f"seed: expected an integer, got a {seed.dtype} tensor")
+        if not _reads_back(seed):
+            return seed.reshape(1).to(torch.int64) + torch.arange(B, dtype=torch.int64, device=device)
         seed = int(seed.item())
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
     seed = int(seed)
     if seed < 0 or seed + max(B - 1, 0) > INT64_MAX:
         raise ValueError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
-    return torch.arange(seed, seed + B, dtype=torch.int64, device=device)
+    key = (seed, B, device)
+    cached = _seed_cache.get(key)
+    if cached is not None:
+        return cached
+    # seed + arange(B), not arange(seed, seed + B): the end bound 2**63 of seed = 2**63 - 1 overflows int64
+    with torch.inference_mode(False):
+        t = torch.arange(B, dtype=torch.int64, device=device) + seed
+    if len(_seed_cache) < _SEED_CACHE_SIZE and not _capturing(device):
+        _seed_cache[key] = t
+    return t
 
 
 def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor, int | None]:
     """A step/iteration counter as an int64 ``[1]`` tensor on ``device`` plus its value if known.
 
-    The value is read back for checks unless it lives on a GPU inside a CUDA-graph capture.
+    The value of an int or a CPU tensor is known and checked; a counter tensor on a GPU is used as
+    given and its value is unknown (None), so that a decode loop never synchronises on it and can be
+    captured in a CUDA graph.
     """
     if isinstance(value, torch.Tensor):
-        if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
-            raise TypeError(f"{name}: expected an int or an integer tensor, got {value.dtype}")
+        _check_index_tensor(value, name, device)
         if value.numel() != 1:
             raise ValueError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
-        t = value.reshape(1).to(device=device, dtype=torch.int64)
-        known = None if _capturing(value.device) else int(value.reshape(-1)[0].item())
+        known = int(value.reshape(-1)[0].item()) if _reads_back(value) else None
+        if known is not None and known > INT64_MAX:
+            raise ValueError(f"{name}: expected a value < 2**63, got {known}")
+        t = value.reshape(1)
+        if t.dtype != torch.int64:
+            t = t.to(torch.int64)
+        t = t.to(device=device)
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
@@ -116,16 +194,23 @@ def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor
     if known is not None and known < 0:
         raise ValueError(f"{name}: expected a value >= 0, got {known}")
     if t is None:
-        t = torch.tensor([known], dtype=torch.int64, device=device)
+        t = _counter_view(known, device)
+        if t is None:
+            t = torch.tensor([known], dtype=torch.int64, device=device)
     return t, known
 
 
 def check_offsets(name: str, last_offset_plus_one: int | None) -> None:
-    """Raise if the largest logical noise index (``last_offset_plus_one - 1``) overflows int64."""
-    if last_offset_plus_one is not None and last_offset_plus_one - 1 > INT64_MAX:
+    """Raise unless the noise offsets of a call, and their exclusive end, fit in int64.
+
+    The end (largest logical index + 1) must stay <= 2**63 - 1 too, so that kernels may form
+    ``offset + count`` bounds and Adam's ``t = step + 1`` without wrapping: every backend then accepts
+    exactly the same counters.
+    """
+    if last_offset_plus_one is not None and last_offset_plus_one > INT64_MAX:
         raise ValueError(
             f"{name}: the noise offsets of this call reach {last_offset_plus_one - 1}, which overflows "
-            f"int64 (max {INT64_MAX}); use a smaller step/iteration or a new seed"
+            f"int64 (offsets and their end must stay <= {INT64_MAX}); use a smaller step/iteration or a new seed"
         )
 
 
@@ -146,6 +231,33 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def has_internal_overlap(t: torch.Tensor) -> bool:
+    """Whether two elements of ``t`` may share memory (an expanded, stride-0 view, or worse).
+
+    Sufficient test for non-overlap: sorted by stride, each dimension's stride is larger than the
+    span of all smaller-strided dimensions. Views that fail it are treated as overlapping.
+    """
+    dims = sorted((abs(st), sz) for sz, st in zip(t.shape, t.stride()) if sz > 1)
+    span = 0
+    for stride, size in dims:
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
+def check_writable(x: torch.Tensor, name: str, inputs: dict[str, torch.Tensor | None]) -> None:
+    """A tensor the op writes into: no element may alias another, and it must not overlap an input."""
+    if has_internal_overlap(x):
+        raise ValueError(
+            f"{name}: expected a tensor whose elements do not share memory, got shape {_shape(x)} with "
+            f"strides {tuple(x.stride())} (an expanded view?); pass a contiguous tensor"
+        )
+    for in_name, t in inputs.items():
+        if t is not None and (t is x or overlaps(x, t)):
+            raise ValueError(f"{name}: must not overlap input {in_name!r}")
+
+
 def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
               inputs: dict[str, torch.Tensor]) -> None:
     if not isinstance(out, torch.Tensor):
@@ -156,9 +268,7 @@ def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
         raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
     if out.device != device:
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {out.device}")
-    for in_name, t in inputs.items():
-        if t is not None and overlaps(out, t):
-            raise ValueError(f"{name}: must not overlap input {in_name!r}")
+    check_writable(out, name, inputs)
 
 
 def check_state_tensor(x, name: str, shape, device: torch.device, dtypes=(torch.float32,)) -> torch.Tensor:

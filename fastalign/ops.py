@@ -68,6 +68,7 @@ def _inplace_work(t: torch.Tensor | None):
     return t.contiguous(), t
 
 
+@torch.no_grad()
 def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, out=None, backend=None,
                  compute_dtype=None):
     """Perturb pre-logit states of n rollouts at one decode step.
@@ -118,6 +119,8 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
         if active.device != device:
             raise ValueError(f"active: expected a tensor on {device}, got one on {active.device}")
         active = active.contiguous()
+    if udot is not None:
+        V.check_writable(udot, "udot", {"h": h, "u": u, "active": active})
     buf, result = _result_buffer(out, "out", (B, n, d), h.dtype, device,
                                  {"h": h, "u": u, "udot": udot, "active": active})
     if st is not None and st >= tau:
@@ -146,6 +149,7 @@ def importance_weights(rewards: torch.Tensor, udot: torch.Tensor | None, *, lam:
     return torch.softmax(s, dim=-1)
 
 
+@torch.no_grad()
 def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None, udot=None, out=None,
                 backend=None, compute_dtype=None):
     """Importance-weighted update of the AISP control after one iteration of n rollouts.
@@ -219,13 +223,13 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     if udot is not None:
         udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
         V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
+    buf, result = _result_buffer(out, "out", (B, tau, d), u.dtype, device,
+                                 {"u": u, "rewards": rewards, "lengths": lengths, "udot": udot})
     u_work = u.to(work_dtype).contiguous()
     if udot is None and alpha != 1.0:
         udot = torch.empty(B, n, dtype=work_dtype, device=device)
         module.aisp_udot(u_work, lengths_t, udot, seed=seed_t, iteration=it_t, **kw)
     weights = importance_weights(rewards, udot, lam=lam, alpha=alpha, sigma=sigma)
-    buf, result = _result_buffer(out, "out", (B, tau, d), u.dtype, device,
-                                 {"u": u, "rewards": rewards, "lengths": lengths, "udot": udot})
     apply_out = buf if buf.dtype == work_dtype else torch.empty(B, tau, d, dtype=work_dtype, device=device)
     module.aisp_apply(u_work, weights.to(work_dtype).contiguous(), lengths_t, apply_out, sigma=sigma,
                       seed=seed_t, iteration=it_t, **kw)
@@ -234,6 +238,7 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     return _finish(buf, result), weights.to(torch.float32)
 
 
+@torch.no_grad()
 def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step, optimizer="sgld", state=None,
              betas=(0.9, 0.999), eps=1e-8, error_if_nonfinite=False, out=None, backend=None, compute_dtype=None):
     """One SEA Langevin step on response logits ``y[B, L, V]`` with gradient clipping.
@@ -266,6 +271,8 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
         raise ValueError("max_norm: clipping needs a clip group, got clip=None with max_norm set")
     if optimizer not in ("sgld", "adam"):
         raise ValueError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
+    if not isinstance(error_if_nonfinite, bool):
+        raise TypeError(f"error_if_nonfinite: expected a bool, got {type(error_if_nonfinite).__name__}")
     seed_t = V.seeds_tensor(seed, B, device)
     step_t, st = V.counter_tensor(step, "step", device)
     if st is not None:
@@ -286,6 +293,8 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
         if beta1 >= 1.0 or beta2 >= 1.0:
             raise ValueError(f"betas: expected values in [0, 1), got {tuple(betas)}")
         eps_f = V.check_real(eps, "eps", positive=True)
+        V.check_writable(m, "state[0] (m)", {"y": y, "grad": grad, "state[1] (v)": v})
+        V.check_writable(v, "state[1] (v)", {"y": y, "grad": grad})
     elif state is not None:
         raise ValueError("state: only optimizer='adam' takes state")
     buf, result = _result_buffer(out, "out", (B, L, Vv), y.dtype, device,
@@ -300,6 +309,8 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
                 "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
                 "set `error_if_nonfinite=False`"
             )
+    elif error_if_nonfinite and not bool(torch.isfinite(grad_c).all()):
+        raise RuntimeError("grad: holds non-finite values (clip=None, error_if_nonfinite=True)")
     m_work, m_user = _inplace_work(m)
     v_work, v_user = _inplace_work(v)
     module.sea_update(y.contiguous(), grad_c, buf, norm=norm, group=clip, max_norm=max_norm, lr=lr,
@@ -313,6 +324,7 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     return _finish(buf, result), norm
 
 
+@torch.no_grad()
 def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtype=None):
     """``x + std * xi`` with SEA's noise indexing: ``xi[b, k] = normal(seed[b], step*N + k)``.
 

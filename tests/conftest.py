@@ -19,6 +19,20 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+try:  # property-based tests (tests/test_properties.py); the rest of the suite runs without hypothesis
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover
+    settings = None
+
+if settings is not None:
+    # "fastalign" (the default): bounded so tests/test_properties.py runs in well under a minute with
+    # the Triton interpreter included. "long": `pytest --hypothesis-profile=long` for deeper searches.
+    # No deadline: the first call of a backend compiles or interprets kernels.
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("fastalign", max_examples=25, **_common)
+    settings.register_profile("long", max_examples=400, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fastalign"))
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
