@@ -1,0 +1,489 @@
+"""Microbenchmarks of the fused ops against what a user writes by hand (``fastalign bench``).
+
+Providers: ``naive`` (:mod:`fastalign.backends.naive`: ``torch.randn`` noise tensors and separate
+eager kernels), ``naive+torch.compile`` (the same functions through ``torch.compile``), ``torch``
+(the reference backend), and the fused backends ``cpu``, ``triton``, ``cuda`` where they run on the
+benchmark device (CUDA when present, else CPU; Triton's CPU interpreter is a test mode and is not
+benchmarked).
+
+Cases (issue 4):
+
+* ``aisp_perturb``: one decode step, B=1 n=32, d=2048 and d=4096 (tau=64, step 5);
+* ``aisp_iteration``: the op work of one whole AISP iteration, d=2048 n=32, tau=64 and 256: tau
+  perturb steps (fused: accumulating ``udot``; naive: storing the ``[B, n, tau, d]`` noise tensor),
+  then the update;
+* ``sea_step``: sgld with chain clipping, B=4 L=64, V=49152 (SmolLM2) and V=128256 (Llama-3).
+
+Each case runs with one thread and with all threads (``--threads``). Reported per row: median and
+minimum time, achieved bandwidth (GB/s of the bytes the op must move, the same byte count for every
+provider), normals/s (distinct normals the op needs), peak memory allocated during one call, and the
+speedup against ``naive``. Beside them, measured in the same run: the machine's copy bandwidth and
+``torch.randn`` throughput, and each case's memory floor (its bytes / copy bandwidth).
+
+Run ``python bench/bench_ops.py --help`` or ``fastalign bench --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+PROVIDERS = ("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda")
+OPS = ("aisp_perturb", "aisp_iteration", "sea_step")
+ROW_KEYS = ("op", "provider", "shape", "dtype", "threads", "ms_median", "ms_min", "gbps", "normals_per_s",
+            "peak_mem_mb", "speedup", "floor_ms", "note")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# torch's reference backend does Philox in int64 tensor arithmetic: at SEA sizes one call takes many
+# seconds and gigabytes. It is benchmarked only up to this many elements unless named explicitly.
+_REFERENCE_MAX_ELEMENTS = 4 * 1024 * 1024
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    dims: dict
+    bytes_moved: int
+    normals: int
+    make: Callable[[str, torch.device, torch.dtype], Callable[[], object]]  # provider -> timed fn
+    elements: int = 0
+    notes: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- cases
+def _aisp_perturb_case(B, n, d, tau=64, step=5, es=4) -> Case:
+    def make(provider, device, dtype):
+        from fastalign import ops
+        from fastalign.backends import naive
+
+        g = torch.Generator().manual_seed(0)
+        h = torch.randn(B, n, d, generator=g).to(device, dtype)
+        u = (0.1 * torch.randn(B, tau, d, generator=g)).to(device)
+        out = torch.empty_like(h)
+        if provider == "naive":
+            return lambda: naive.aisp_perturb(h, u, sigma=0.5, step=step)
+        if provider == "naive+torch.compile":
+            fn = torch.compile(naive.aisp_perturb, dynamic=False)
+            return lambda: fn(h, u, sigma=0.5, step=step)
+        return lambda: ops.aisp_perturb(h, u, sigma=0.5, seed=1, iteration=0, step=step, out=out, backend=provider)
+
+    return Case("aisp_perturb", f"B={B} n={n} d={d}", dict(B=B, n=n, d=d, tau=tau),
+                bytes_moved=2 * B * n * d * es + B * d * 4, normals=B * n * d, make=make, elements=B * n * d)
+
+
+def _aisp_iteration_case(B, n, tau, d, es=4) -> Case:
+    def make(provider, device, dtype):
+        from fastalign import ops
+        from fastalign.backends import naive
+
+        g = torch.Generator().manual_seed(0)
+        h = torch.randn(B, n, d, generator=g).to(device, dtype)
+        u = (0.1 * torch.randn(B, tau, d, generator=g)).to(device)
+        rewards = torch.rand(B, n, generator=g).to(device)
+        z = torch.empty_like(h)
+        if provider in ("naive", "naive+torch.compile"):
+            perturb, update = naive.aisp_perturb, naive.aisp_update
+            if provider == "naive+torch.compile":
+                perturb = torch.compile(perturb, dynamic=False)
+                update = torch.compile(update, dynamic=False)
+
+            def naive_iteration():
+                noise = naive.aisp_noise_buffer(B, n, tau, d, device=device)
+                for t in range(tau):
+                    perturb(h, u, sigma=0.5, step=t, noise=noise)
+                return update(u, rewards, sigma=0.5, lam=0.3, alpha=0.999, noise=noise)
+
+            return naive_iteration
+
+        def fused_iteration():
+            udot = torch.zeros(B, n, device=device)
+            for t in range(tau):
+                ops.aisp_perturb(h, u, sigma=0.5, seed=1, iteration=0, step=t, udot=udot, out=z, backend=provider)
+            return ops.aisp_update(u, rewards, sigma=0.5, lam=0.3, alpha=0.999, seed=1, iteration=0, udot=udot,
+                                   backend=provider)
+
+        return fused_iteration
+
+    per_step = 2 * B * n * d * es + B * d * 4
+    return Case("aisp_iteration", f"B={B} n={n} tau={tau} d={d}", dict(B=B, n=n, tau=tau, d=d),
+                bytes_moved=tau * per_step + 2 * B * tau * d * 4, normals=B * n * tau * d, make=make,
+                elements=B * n * tau * d)
+
+
+def _sea_step_case(B, L, V, es=4) -> Case:
+    def make(provider, device, dtype):
+        from fastalign import ops
+        from fastalign.backends import naive
+
+        g = torch.Generator().manual_seed(0)
+        y = torch.randn(B, L, V, generator=g).to(device, dtype)
+        grad = (0.01 * torch.randn(B, L, V, generator=g)).to(device, dtype)
+        out = torch.empty_like(y)
+        kw = dict(lr=0.1, noise_std=0.01, max_norm=1.0, clip="chain")
+        if provider == "naive":
+            return lambda: naive.sea_step(y, grad, **kw)
+        if provider == "naive+torch.compile":
+            fn = torch.compile(naive.sea_step, dynamic=False)
+            return lambda: fn(y, grad, **kw)
+        return lambda: ops.sea_step(y, grad, seed=1, step=0, out=out, backend=provider, **kw)
+
+    N = B * L * V
+    return Case("sea_step", f"B={B} L={L} V={V}", dict(B=B, L=L, V=V),
+                bytes_moved=4 * N * es, normals=N, make=make, elements=N)
+
+
+def cases(ops=None, quick=False, dtype=torch.float32) -> list[Case]:
+    """The benchmark cases (issue 4's shapes, or tiny ones with ``quick``); byte counts use the
+    element size of the storage ``dtype``."""
+    es = torch.finfo(dtype).bits // 8
+    if quick:
+        all_cases = [_aisp_perturb_case(1, 4, 64, tau=8, es=es), _aisp_iteration_case(1, 4, 8, 64, es=es),
+                     _sea_step_case(2, 4, 256, es=es)]
+    else:
+        all_cases = [
+            _aisp_perturb_case(1, 32, 2048, es=es), _aisp_perturb_case(1, 32, 4096, es=es),
+            _aisp_iteration_case(1, 32, 64, 2048, es=es), _aisp_iteration_case(1, 32, 256, 2048, es=es),
+            _sea_step_case(4, 64, 49152, es=es), _sea_step_case(4, 64, 128256, es=es),
+        ]
+    return [c for c in all_cases if ops is None or c.op in ops]
+
+
+# ------------------------------------------------------------------------------------- measurement
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device, *, warmup=1, min_repeats=5, max_repeats=200, budget_s=1.0) -> list[float]:
+    """Wall times in ms of ``fn()`` (after ``warmup`` calls): at least ``min_repeats`` calls, more
+    while the total stays within ``budget_s``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_memory_bytes(fn, device) -> int | None:
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the allocation and free events of the torch
+    profiler (``profile_memory=True``) in time order, summed; this counts every allocation made
+    through torch's CPU allocator, including those of C++ extensions and compiled code.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del result
+        return int(peak)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        result = fn()
+        del result
+    events = sorted(((e.time_range.start, getattr(e, "self_cpu_memory_usage", 0) or 0) for e in prof.events()),
+                    key=lambda x: x[0])
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return int(peak)
+
+
+def copy_bandwidth_gbps(device, quick=False) -> float:
+    """Measured ``dst.copy_(src)`` bandwidth in GB/s (bytes read + written)."""
+    n = (1 << 20) if quick else (32 << 20)
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    ms = statistics.median(time_fn(lambda: dst.copy_(src), device, min_repeats=5, budget_s=0.1 if quick else 0.5))
+    return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def randn_normals_per_s(device, quick=False) -> float:
+    """Measured ``torch.randn(out=)`` throughput in normals/s (float32)."""
+    n = (1 << 18) if quick else (16 << 20)
+    buf = torch.empty(n, device=device)
+    ms = statistics.median(time_fn(lambda: torch.randn(n, out=buf), device, min_repeats=5,
+                                   budget_s=0.1 if quick else 0.5))
+    return n / (ms * 1e-3)
+
+
+def _threads_list(spec) -> list[int]:
+    out = []
+    for part in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")):
+        part = str(part).strip().lower()
+        if not part:
+            continue
+        if part in ("all", "max"):
+            out.append(os.cpu_count() or 1)
+        else:
+            value = int(part)
+            if value < 1:
+                raise ValueError(f"--threads: expected positive integers or 'all', got {part!r}")
+            out.append(value)
+    return list(dict.fromkeys(out))
+
+
+def _provider_status(provider: str, device: torch.device) -> str | None:
+    """None when ``provider`` can run on ``device`` here, else why not."""
+    if provider in ("naive", "naive+torch.compile"):
+        return None
+    from fastalign import backends as registry
+
+    if provider not in registry.names():
+        return f"unknown provider {provider!r}"
+    if provider == "triton" and device.type == "cpu":
+        return "the Triton interpreter on CPU is a test mode, not benchmarked"
+    try:
+        registry.get(provider, device.type)  # checks only this backend
+    except registry.BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(ops=None, providers=None, threads="1,all", *, dtype="float32", quick=False, device=None,
+        measure_memory=True, progress: Callable[[str], None] | None = None) -> dict:
+    """Run the benchmark; returns ``{"machine": {...}, "baselines": [...], "results": [row, ...]}``.
+
+    Each result row has the keys of :data:`ROW_KEYS`; a provider that cannot run gets no row but a
+    line in ``"skipped"``.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ops = list(ops) if ops else list(OPS)
+    for op in ops:
+        if op not in OPS:
+            raise ValueError(f"--op: expected some of {list(OPS)}, got {op!r}")
+    providers = list(providers) if providers else list(PROVIDERS)
+    for p in providers:
+        if p not in PROVIDERS:
+            raise ValueError(f"--provider: expected some of {list(PROVIDERS)}, got {p!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"--dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
+    torch_dtype = _DTYPES[dtype]
+    thread_counts = _threads_list(threads) if device.type == "cpu" else [torch.get_num_threads()]
+    say = progress or (lambda msg: None)
+    report = {"machine": machine_info(device), "baselines": [], "results": [], "skipped": []}
+    explicit = set(providers) if providers != list(PROVIDERS) else set()
+    budget = 0.05 if quick else 1.0
+    old_threads = torch.get_num_threads()
+    try:
+        for nt in thread_counts:
+            torch.set_num_threads(nt)
+            bw = copy_bandwidth_gbps(device, quick)
+            rn = randn_normals_per_s(device, quick)
+            report["baselines"].append({"threads": nt, "copy_gbps": bw, "randn_normals_per_s": rn})
+            say(f"threads={nt}: copy {bw:.1f} GB/s, torch.randn {rn / 1e9:.3f}e9 normals/s")
+            for case in cases(ops, quick, torch_dtype):
+                floor_ms = case.bytes_moved / (bw * 1e9) * 1e3
+                naive_ms = None
+                for provider in providers:
+                    why = _provider_status(provider, device)
+                    if why is None and provider == "torch" and case.elements > _REFERENCE_MAX_ELEMENTS \
+                            and "torch" not in explicit:
+                        why = (f"reference backend skipped above {_REFERENCE_MAX_ELEMENTS} elements "
+                               "(slow int64 Philox); name --provider torch to force")
+                    if why is not None:
+                        report["skipped"].append({"op": case.op, "shape": case.shape, "provider": provider,
+                                                  "threads": nt, "reason": why})
+                        continue
+                    say(f"{case.op} {case.shape} {provider} threads={nt}")
+                    note = ""
+                    try:
+                        fn = case.make(provider, device, torch_dtype)
+                        warm = 2 if provider == "naive+torch.compile" else 1
+                        times = time_fn(fn, device, warmup=warm, min_repeats=3 if quick else 5, budget_s=budget)
+                        peak = peak_memory_bytes(fn, device) if measure_memory and provider != "naive+torch.compile" \
+                            else None
+                        if peak is None and measure_memory:
+                            note = "peak memory not measured under torch.compile"
+                    except Exception as exc:
+                        report["skipped"].append({"op": case.op, "shape": case.shape, "provider": provider,
+                                                  "threads": nt,
+                                                  "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]})
+                        continue
+                    med, best = statistics.median(times), min(times)
+                    if provider == "naive":
+                        naive_ms = med
+                    report["results"].append({
+                        "op": case.op, "provider": provider, "shape": case.shape, "dtype": dtype,
+                        "threads": nt, "ms_median": med, "ms_min": best,
+                        "gbps": case.bytes_moved / (med * 1e-3) / 1e9,
+                        "normals_per_s": case.normals / (med * 1e-3),
+                        "peak_mem_mb": None if peak is None else peak / 2**20,
+                        "speedup": (naive_ms / med) if naive_ms else None,
+                        "floor_ms": floor_ms, "note": note,
+                    })
+    finally:
+        torch.set_num_threads(old_threads)
+    return report
+
+
+# ------------------------------------------------------------------------------------------ output
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def format_tables(report: dict) -> str:
+    """One table per (op, threads), speedup against naive, plus the machine's baselines."""
+    lines = []
+    m = report["machine"]
+    lines.append(f"machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, device {m['device']}"
+                 + (f" ({m['gpu']})" if "gpu" in m else "") + f", torch {m['torch']}")
+    for b in report["baselines"]:
+        lines.append(f"threads={b['threads']}: copy bandwidth {b['copy_gbps']:.1f} GB/s, "
+                     f"torch.randn {b['randn_normals_per_s'] / 1e9:.3f}e9 normals/s")
+    head = ("provider", "shape", "ms_median", "ms_min", "GB/s", "normals/s", "peak MB", "vs naive", "floor ms")
+    groups: dict = {}
+    for r in report["results"]:
+        groups.setdefault((r["op"], r["threads"]), []).append(r)
+    for (op, nt), rows in groups.items():
+        body = [(r["provider"], r["shape"], _fmt(r["ms_median"], ".3f"), _fmt(r["ms_min"], ".3f"),
+                 _fmt(r["gbps"], ".1f"), _fmt(r["normals_per_s"], ".3e"), _fmt(r["peak_mem_mb"], ".2f"),
+                 ("-" if r["speedup"] is None else f"{r['speedup']:.2f}x"), _fmt(r["floor_ms"], ".3f"))
+                for r in rows]
+        widths = [max(len(head[i]), *(len(b[i]) for b in body)) for i in range(len(head))]
+        lines.append("")
+        lines.append(f"== {op} ({rows[0]['dtype']}, threads={nt})")
+        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+        lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)).rstrip() for b in body]
+    if report["skipped"]:
+        lines.append("")
+        seen = set()
+        for s in report["skipped"]:
+            key = (s["provider"], s["reason"])
+            if key not in seen:
+                seen.add(key)
+                lines.append(f"skipped {s['provider']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def json_rows(report: dict) -> list[dict]:
+    """The result rows as plain JSON objects (keys of :data:`ROW_KEYS`)."""
+    return [{k: r.get(k) for k in ROW_KEYS} for r in report["results"]]
+
+
+def write_csv(report: dict, path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROW_KEYS) + ["copy_gbps", "randn_normals_per_s"])
+        w.writeheader()
+        base = {b["threads"]: b for b in report["baselines"]}
+        for r in json_rows(report):
+            b = base.get(r["threads"], {})
+            w.writerow({**r, "copy_gbps": b.get("copy_gbps"), "randn_normals_per_s": b.get("randn_normals_per_s")})
+
+
+def plot(report: dict, path) -> None:
+    """Time per provider per shape (log scale), one panel per (op, threads), with the memory floor
+    (bytes / measured copy bandwidth) as a line. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict = {}
+    for r in report["results"]:
+        groups.setdefault((r["op"], r["threads"]), []).append(r)
+    if not groups:
+        raise ValueError("--plot: no results to plot")
+    ncols = min(3, len(groups))
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, ((op, nt), rows) in zip(axes.flat, groups.items()):
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        provs = list(dict.fromkeys(r["provider"] for r in rows))
+        width = 0.8 / max(1, len(provs))
+        for j, p in enumerate(provs):
+            xs, ys = [], []
+            for i, s in enumerate(shapes):
+                for r in rows:
+                    if r["shape"] == s and r["provider"] == p:
+                        xs.append(i + j * width)
+                        ys.append(r["ms_median"])
+            ax.bar(xs, ys, width=width, label=p)
+        floors = [next(r["floor_ms"] for r in rows if r["shape"] == s) for s in shapes]
+        ax.plot([i + 0.4 - width / 2 for i in range(len(shapes))], floors, "k--", marker="_", label="memory floor")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
+        ax.set_xticklabels(shapes, rotation=15, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"{op}, threads={nt}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="bench_ops", description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", action="append", choices=OPS, help="op to benchmark (repeatable; default all)")
+    p.add_argument("--provider", action="append", choices=PROVIDERS, help="provider (repeatable; default all)")
+    p.add_argument("--threads", default="1,all", help="comma-separated thread counts or 'all' (default 1,all)")
+    p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
+    p.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="draw time per provider and shape (needs matplotlib)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    report = run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
+                 measure_memory=not args.no_memory, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.csv:
+        write_csv(report, args.csv)
+    if args.plot:
+        plot(report, args.plot)
+    print(json.dumps(json_rows(report), indent=1) if args.json else format_tables(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())

