@@ -28,6 +28,7 @@ import torch
 from fastalign import rng
 
 __all__ = [
+    "BestSoFar",
     "AlignResult",
     "Rollouts",
     "output_head",
@@ -108,6 +109,38 @@ class AlignResult:
             "base_reward": self.base_reward,
             "extra": dict(self.extra),
         }
+
+
+class BestSoFar:
+    """Best response per prompt over rounds of scored candidates, with the per-round reward trace.
+
+    Shared by AISP (a round is an iteration of n rollouts) and Best-of-N (a round of samples decoded
+    together). Ties keep the earlier response.
+    """
+
+    def __init__(self, B: int):
+        self.reward = [-math.inf] * B
+        self.text: list[str | None] = [None] * B
+        self.ids: list[list[int]] = [[] for _ in range(B)]
+        self.trace_mean: list[list[float]] = [[] for _ in range(B)]
+        self.trace_max: list[list[float]] = [[] for _ in range(B)]
+
+    def update(self, rewards: torch.Tensor, texts: Sequence[str], id_lists: Sequence[list[int]]) -> None:
+        """Take one round: ``rewards [B, m]``; ``texts``/``id_lists`` of the ``B*m`` candidates, prompt-major."""
+        m = rewards.shape[1]
+        for b, row in enumerate(rewards):
+            i = int(row.argmax())
+            if self.text[b] is None or float(row[i]) > self.reward[b]:
+                self.reward[b] = float(row[i])
+                self.text[b] = texts[b * m + i]
+                self.ids[b] = id_lists[b * m + i]
+            self.trace_mean[b].append(float(row.mean()))
+            self.trace_max[b].append(float(row.max()))
+
+    def result(self, b: int, **fields) -> AlignResult:
+        """The :class:`AlignResult` of prompt ``b`` (``fields``: prompt, method, reward_calls, ...)."""
+        return AlignResult(response=self.text[b], reward=self.reward[b], trace_mean=self.trace_mean[b],
+                           trace_max=self.trace_max[b], response_ids=self.ids[b], **fields)
 
 
 # ---------------------------------------------------------------------------------------------

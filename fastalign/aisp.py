@@ -147,11 +147,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         base_rewards = _hf.call_reward(reward, prompts, base_texts).tolist()
 
     u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
-    best_reward = [-math.inf] * B
-    best_text: list[str | None] = [None] * B
-    best_ids: list[list[int]] = [[] for _ in range(B)]
-    trace_mean = [[] for _ in range(B)]
-    trace_max = [[] for _ in range(B)]
+    best = _hf.BestSoFar(B)
 
     for it in range(iterations):
         udot = torch.zeros(B, n, dtype=torch.float32, device=device)
@@ -179,26 +175,16 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
             u_new[hopeless.to(device)] = u[hopeless.to(device)]
         u = u_new
 
-        for b in range(B):
-            row = rewards[b]
-            i = int(row.argmax())
-            if best_text[b] is None or float(row[i]) > best_reward[b]:
-                best_reward[b] = float(row[i])
-                best_text[b] = texts[b * n + i]
-                best_ids[b] = id_lists[b * n + i]
-            trace_mean[b].append(float(row.mean()))
-            trace_max[b].append(float(row.max()))
+        best.update(rewards, texts, id_lists)
         say(f"iteration {it + 1}/{iterations}: mean reward "
-            + ", ".join(_hf.fmt(trace_mean[b][-1]) for b in range(B)) + "; best "
-            + ", ".join(_hf.fmt(best_reward[b]) for b in range(B))
+            + ", ".join(_hf.fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
+            + ", ".join(_hf.fmt(best.reward[b]) for b in range(B))
             + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     results = [
-        _hf.AlignResult(
-            prompt=prompts[b], response=best_text[b], reward=best_reward[b], method="aisp",
-            trace_mean=trace_mean[b], trace_max=trace_max[b], reward_calls=n * iterations, seconds=seconds,
-            response_ids=best_ids[b],
+        best.result(
+            b, prompt=prompts[b], method="aisp", reward_calls=n * iterations, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
             extra={"n": n, "iterations": iterations, "sigma": sigma, "lam": lam, "alpha": alpha, "horizon": tau,

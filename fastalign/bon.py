@@ -71,11 +71,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         base_rewards = _hf.call_reward(reward, prompts, base_texts).tolist()
 
     per_round = max(1, min(n, batch_size // B))
-    best_reward = [-math.inf] * B
-    best_text: list[str | None] = [None] * B
-    best_ids: list[list[int]] = [[] for _ in range(B)]
-    trace_mean = [[] for _ in range(B)]
-    trace_max = [[] for _ in range(B)]
+    best = _hf.BestSoFar(B)
     rounds = math.ceil(n / per_round)
     for rnd in range(rounds):
         start = rnd * per_round
@@ -91,24 +87,14 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
                           max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, choose=choose)
         texts, id_lists = _hf.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
         rewards = _hf.call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
-        for b in range(B):
-            row = rewards[b]
-            i = int(row.argmax())
-            if best_text[b] is None or float(row[i]) > best_reward[b]:
-                best_reward[b] = float(row[i])
-                best_text[b] = texts[b * m + i]
-                best_ids[b] = id_lists[b * m + i]
-            trace_mean[b].append(float(row.mean()))
-            trace_max[b].append(float(row.max()))
+        best.update(rewards, texts, id_lists)
         say(f"round {rnd + 1}/{rounds} ({start + m}/{n} samples): best "
-            + ", ".join(_hf.fmt(x) for x in best_reward) + f" ({time.perf_counter() - t0:.1f} s)")
+            + ", ".join(_hf.fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     results = [
-        _hf.AlignResult(
-            prompt=prompts[b], response=best_text[b], reward=best_reward[b], method="bon",
-            trace_mean=trace_mean[b], trace_max=trace_max[b], reward_calls=n, seconds=seconds,
-            response_ids=best_ids[b],
+        best.result(
+            b, prompt=prompts[b], method="bon", reward_calls=n, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
             extra={"n": n, "temperature": temperature, "top_p": top_p, "stream_seed": int(seeds[b])},

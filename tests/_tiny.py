@@ -113,3 +113,15 @@ class SoftCountReward:
 
         soft.is_soft_reward = True
         return soft
+
+
+def backend_params():
+    """pytest params for the algorithm tests: the reference ``torch`` backend and the fused ``cpu``
+    backend (skipped, with the reason, where its extension cannot build)."""
+    import pytest
+
+    import fastalign as fa
+
+    reason = fa.available_backends("cpu").get("cpu")
+    marks = [] if reason is None else [pytest.mark.skip(reason=f"cpu backend cannot run: {reason}")]
+    return [pytest.param("torch", id="torch"), pytest.param("cpu", id="cpu", marks=marks)]

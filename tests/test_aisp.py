@@ -13,21 +13,9 @@ from fastalign import _hf
 from fastalign.aisp import aisp_generate, standardize_rewards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models are dominated by per-op overhead: one thread is several times faster on a busy box
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _backend_params():
-    avail = fa.available_backends("cpu")
-    params = [pytest.param("torch", id="torch")]
-    marks = [] if avail.get("cpu") is None else [pytest.mark.skip(reason=f"cpu backend cannot run: {avail.get('cpu')}")]
-    params.append(pytest.param("cpu", id="cpu", marks=marks))
-    return params
 
 
 SMALL = dict(n=4, iterations=2, sigma=1.0, max_new_tokens=6, progress=False)
@@ -142,7 +130,7 @@ def test_same_seed_same_tokens_and_seed_matters():
     assert [r.response_ids for r in a] != [r.response_ids for r in c]
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", _tiny.backend_params())
 def test_batch_invariance(backend):
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     kw = dict(backend=backend, **SMALL)

@@ -9,12 +9,7 @@ from fastalign import _hf
 from fastalign.bon import bon_generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 KW = dict(n=6, max_new_tokens=6, progress=False)

@@ -193,23 +193,6 @@ def test_aisp_update_noncontiguous(backend):
     assert torch.equal(u_a, u_b) and torch.equal(w_a, w_b)
 
 
-def test_aisp_perturb_udot_feeds_update(backend):
-    """udot accumulated by perturb over the horizon equals the update's own first pass."""
-    B, n, tau, d = 2, 3, 4, 29
-    u = randn((B, tau, d), torch.float32, DEV, 12)
-    h = torch.zeros(B, n, d, device=DEV)
-    lengths = torch.tensor([[4, 2, 0], [1, 4, 3]], device=DEV)
-    udot = torch.zeros(B, n, device=DEV)
-    for t in range(tau):
-        fa.aisp_perturb(h, u, sigma=0.5, seed=4, iteration=2, step=t, udot=udot, active=t < lengths, backend=backend)
-    rewards = randn((B, n), torch.float32, DEV, 13)
-    kw = dict(sigma=0.5, lam=0.3, alpha=0.5, seed=4, iteration=2, lengths=lengths, backend=backend)
-    u_a, w_a = fa.aisp_update(u, rewards, udot=udot, **kw)
-    u_b, w_b = fa.aisp_update(u, rewards, **kw)
-    torch.testing.assert_close(w_a, w_b, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(u_a, u_b, atol=1e-5, rtol=1e-5)
-
-
 # ----------------------------------------------------------------------------------- sea_step
 SEA_SHAPES = [(1, 1, 1), (3, 2, 37), (2, 3, 1000), (1, 1, 50257), (2, 4, 50257)]
 

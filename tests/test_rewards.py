@@ -15,12 +15,7 @@ from fastalign.rewards import (EmbeddingSimilarityReward, SequenceClassifierRewa
                                special_token_frame)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- validation of reward outputs ----------------------------------------------------------------

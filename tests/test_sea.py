@@ -11,18 +11,9 @@ from fastalign.rewards import SequenceClassifierReward
 from fastalign.sea import noise_schedule, sea_generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _backend_params():
-    avail = fa.available_backends("cpu")
-    marks = [] if avail.get("cpu") is None else [pytest.mark.skip(reason=f"cpu backend cannot run: {avail.get('cpu')}")]
-    return [pytest.param("torch", id="torch"), pytest.param("cpu", id="cpu", marks=marks)]
 
 
 KW = dict(steps=12, max_new_tokens=8, reward_weight=5.0, progress=False)
@@ -100,7 +91,7 @@ def test_determinism_and_seed():
     assert [r.base_response for r in a] != [r.base_response for r in c]
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", _tiny.backend_params())
 def test_batch_invariance(backend):
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     kw = dict(KW, seed=4, backend=backend)
