@@ -149,6 +149,31 @@ def test_aisp_perturb_udot_feeds_update(device, backend):
     torch.testing.assert_close(u_a, u_b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("with_udot", [True, False], ids=["udot", "no-udot"])
+@pytest.mark.parametrize("device,backend", backend_params(include_torch=False))
+def test_aisp_update_never_allocates_the_noise_tensor(device, backend, with_udot):
+    """The fused update regenerates the noise: its peak allocation stays O(B*tau*d), far below the
+    B*n*tau*d floats of a stored noise tensor (which the naive pipeline, measured the same way, holds)."""
+    from fastalign._bench.bench_ops import peak_memory_bytes
+
+    B, n, tau, d = 1, 32, 8, 512
+    noise_bytes = B * n * tau * d * 4
+    u = randn((B, tau, d), torch.float32, device, 21)
+    rewards = randn((B, n), torch.float32, device, 22)
+    udot = randn((B, n), torch.float32, device, 23) if with_udot else None
+    kw = dict(sigma=0.5, lam=0.3, alpha=0.5, seed=4, iteration=1, udot=udot)
+    fa.aisp_update(u, rewards, backend=backend, **kw)  # warm-up: builds, caches, compiles
+    fused = peak_memory_bytes(lambda: fa.aisp_update(u, rewards, backend=backend, **kw), torch.device(device))
+    assert fused < noise_bytes / 8, f"{backend} allocated {fused} bytes; the noise tensor is {noise_bytes}"
+
+    from fastalign.backends import naive
+
+    stored = peak_memory_bytes(
+        lambda: naive.aisp_update(u, rewards, noise=naive.aisp_noise_buffer(B, n, tau, d, device), **kw),
+        torch.device(device))
+    assert stored >= noise_bytes
+
+
 # ----------------------------------------------------------------------------- sea_step
 SEA_SHAPES = [(1, 1, 1), (3, 2, 37), (2, 3, 1000), (1, 2, 50257)]
 
