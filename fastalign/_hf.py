@@ -29,6 +29,7 @@ from fastalign import rng
 
 __all__ = [
     "BestSoFar",
+    "greedy_baseline",
     "AlignResult",
     "Rollouts",
     "output_head",
@@ -500,3 +501,13 @@ class Progress:
 
 def fmt(x: float) -> str:
     return "-inf" if x == -math.inf else f"{x:.4f}"
+
+
+def greedy_baseline(model, tokenizer, reward, prompts: list[str], input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, *, max_new_tokens: int, eos_ids: Sequence[int],
+                    pad_id: int) -> tuple[list[str], list[float]]:
+    """The unperturbed greedy response to each prompt and its reward (``with_base=True`` of AISP and
+    Best-of-N; not counted in ``reward_calls``)."""
+    base = decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
+    texts, _ = response_texts(tokenizer, base.tokens, base.lengths, eos_ids)
+    return texts, call_reward(reward, prompts, texts).tolist()

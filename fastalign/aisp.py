@@ -142,9 +142,8 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
     base_texts = base_rewards = None
     if with_base:
-        base = _hf.decode(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
-        base_texts, _ = _hf.response_texts(tokenizer, base.tokens, base.lengths, eos)
-        base_rewards = _hf.call_reward(reward, prompts, base_texts).tolist()
+        base_texts, base_rewards = _hf.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
+                                                       max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
 
     u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
     best = _hf.BestSoFar(B)

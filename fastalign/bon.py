@@ -66,9 +66,8 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
 
     base_texts = base_rewards = None
     if with_base:
-        base = _hf.decode(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
-        base_texts, _ = _hf.response_texts(tokenizer, base.tokens, base.lengths, eos)
-        base_rewards = _hf.call_reward(reward, prompts, base_texts).tolist()
+        base_texts, base_rewards = _hf.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
+                                                       max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
 
     per_round = max(1, min(n, batch_size // B))
     best = _hf.BestSoFar(B)

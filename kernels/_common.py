@@ -62,6 +62,25 @@ def normal_window(seed, c_start, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def chain_tile(tile, base, N, ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Element indices ``f`` (within one chain of ``N`` elements) and their mask for tile ``tile`` of
+    the SEA noise layout, whose chain starts at logical index ``base = step * N``.
+
+    Tile t covers the counter blocks ``(base >> 2) + t*BLOCK_C ...`` (what :func:`normal_window` draws
+    for it), i.e. logical indices ``4*((base >> 2) + t*BLOCK_C) + arange(4*BLOCK_C)``; ``f`` is that
+    minus ``base``, so a chain that does not start on a counter block (``N % 4 != 0``) gets a first
+    tile that begins up to 3 elements before it, masked off.
+    """
+    f = tile * (4 * BLOCK_C) + tl.arange(0, 4 * BLOCK_C).to(tl.int64)
+    if ALIGNED:                                           # N % 4 == 0: chains start on a counter block
+        mask = f < N
+    else:
+        f -= base & 3
+        mask = (f >= 0) & (f < N)
+    return f, mask
+
+
+@triton.jit
 def normal_at(seed, k):
     """Normals of arbitrary logical indices ``k`` (int64 block): one Philox call per element, the
     output ``k & 3`` kept. Four times the work of :func:`normal_window`; used only where a tile mixes

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, default_block_c, normal_window
+from ._common import cdiv, chain_tile, default_block_c, normal_window
 
 __all__ = ["gaussian_perturb_kernel", "gaussian_perturb"]
 
@@ -20,15 +20,9 @@ __all__ = ["gaussian_perturb_kernel", "gaussian_perturb"]
 def gaussian_perturb_kernel(x_ptr, out_ptr, seed_ptr, step_ptr, N, std, ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr):
     tile = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
-    TILE: tl.constexpr = 4 * BLOCK_C
     seed = tl.load(seed_ptr + b)
     base = tl.load(step_ptr) * N                          # first logical index of every chain
-    f = tile * TILE + tl.arange(0, TILE).to(tl.int64)
-    if ALIGNED:                                           # N % 4 == 0: chains start on a counter block
-        mask = f < N
-    else:
-        f -= base & 3
-        mask = (f >= 0) & (f < N)
+    f, mask = chain_tile(tile, base, N, ALIGNED, BLOCK_C)
     x = tl.load(x_ptr + b * N + f, mask=mask, other=0.0).to(tl.float32)
     xi = normal_window(seed, (base >> 2) + tile * BLOCK_C, BLOCK_C)
     tl.store(out_ptr + b * N + f, (x + std * xi).to(out_ptr.dtype.element_ty), mask=mask)

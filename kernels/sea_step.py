@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, default_block_c, normal_window, on_interpreter, sum_partials
+from ._common import cdiv, chain_tile, default_block_c, normal_window, on_interpreter, sum_partials
 
 __all__ = ["sea_norm_partial_kernel", "sea_update_kernel", "sea_norm", "sea_update", "GROUPS"]
 
@@ -78,15 +78,9 @@ def sea_update_kernel(
 ):
     tile = tl.program_id(0).to(tl.int64)                 # tiles on axis 0 (up to 2^31-1), chains on axis 1
     b = tl.program_id(1).to(tl.int64)
-    TILE: tl.constexpr = 4 * BLOCK_C
     step = tl.load(step_ptr)
     base = step * N                                      # first logical index of every chain
-    f = tile * TILE + tl.arange(0, TILE).to(tl.int64)
-    if ALIGNED:                                          # N % 4 == 0: chains start on a counter block
-        mask = f < N
-    else:
-        f -= base & 3
-        mask = (f >= 0) & (f < N)
+    f, mask = chain_tile(tile, base, N, ALIGNED, BLOCK_C)
     offs = b * N + f
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
