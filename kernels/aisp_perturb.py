@@ -27,6 +27,11 @@ from ._common import cdiv, default_block_c, normal_window
 __all__ = ["aisp_perturb_kernel", "aisp_perturb"]
 
 
+#: 8 warps: with BLOCK_C = 256 counter blocks per tile each thread owns one Philox call (4 elements),
+#: as in the CUDA backend. With 4 warps (two calls per thread) ptxas spills 4-12 bytes on sm_80/sm_90a
+#: (tests/test_triton_compile.py).
+NUM_WARPS = 8
+
 @triton.jit
 def aisp_perturb_kernel(
     h_ptr, u_ptr, out_ptr, udot_ptr, active_ptr,      # [B,n,d] any float, [B,tau,d] f32, [B,n,d], [B,n] f32, [B,n] bool
@@ -34,10 +39,11 @@ def aisp_perturb_kernel(
     n, tau, d, sigma,
     HAS_UDOT: tl.constexpr, HAS_ACTIVE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)               # b * n + i
+    row32 = tl.program_id(0)                          # b * n + i (< 2**31: a grid dimension)
+    row = row32.to(tl.int64)
     pid_tile = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(1)
-    b = row // n
+    b = (row32 // n.to(tl.int32)).to(tl.int64)       # int32 division: int64 division is a slow call that spills
     i = row - b * n
     step = tl.load(step_ptr)
     h_row = h_ptr + row * d
@@ -104,6 +110,7 @@ def aisp_perturb(h: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, sigma: 
     aisp_perturb_kernel[grid](
         h, u, out, udot if udot is not None else out, active if active is not None else out,
         seed, iteration, step, n, tau, d, float(sigma),
-        HAS_UDOT=udot is not None, HAS_ACTIVE=active is not None, ALIGNED=d % 4 == 0, BLOCK_C=block_c, num_warps=4,
+        HAS_UDOT=udot is not None, HAS_ACTIVE=active is not None, ALIGNED=d % 4 == 0, BLOCK_C=block_c,
+        num_warps=NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

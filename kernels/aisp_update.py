@@ -46,9 +46,10 @@ def aisp_udot_kernel(
     n, tau, d, P, TILES_PER_PROG,
     ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)               # b * n + i
+    row32 = tl.program_id(0)                          # b * n + i (< 2**31: a grid dimension)
+    row = row32.to(tl.int64)
     p = tl.program_id(1)
-    b = row // n
+    b = (row32 // n.to(tl.int32)).to(tl.int64)       # int32 division: int64 division is a slow call that spills
     i = row - b * n
     TILE: tl.constexpr = 4 * BLOCK_C
     seed = tl.load(seed_ptr + b)
