@@ -41,21 +41,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------------------ value types
-def _int_at_least(lo: int, what: str):
+def _int_in(lo: int, hi: int | None, what: str):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < lo:
+        if value is None or value < lo or (hi is not None and value > hi):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
-_nonneg_int = _int_at_least(0, "an integer >= 0")
+_positive_int = _int_in(1, None, "a positive integer")
+_nonneg_int = _int_in(0, None, "an integer >= 0")
+_seed = _int_in(0, 2**63 - 1, "an integer in [0, 2**63)")
 
 
 def _positive_float(text: str) -> float:
@@ -499,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=_positive_int, default=None, help="--e2e: response length")
     b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
     b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
-    b.add_argument("--seed", type=_nonneg_int, default=0)
+    b.add_argument("--seed", type=_seed, default=0)
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
@@ -520,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--horizon", type=_positive_int, default=None, help="AISP control horizon tau (tokens)")
     a.add_argument("--lr", type=_positive_float, default=None, help="SEA step size")
     a.add_argument("--batch-size", type=_positive_int, default=4, help="prompts per batch (default 4)")
-    a.add_argument("--seed", type=_nonneg_int, default=0)
+    a.add_argument("--seed", type=_seed, default=0)
     a.add_argument("--backend", type=_backend_name, default=None, help="fused-op backend (default: auto)")
     a.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     a.add_argument("--json", action="store_true", help="print one JSON object per prompt")

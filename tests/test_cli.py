@@ -205,6 +205,7 @@ def test_align_prompts_file_writes_one_json_line_per_prompt(capsys, tiny_model_d
     (["align", "hi", "--sigma", "-1"], ["--sigma"]),
     (["align", "hi", "--alpha", "2"], ["--alpha"]),
     (["align", "hi", "--seed", "1.5"], ["--seed"]),
+    (["align", "hi", "--seed", str(2**63)], ["--seed", "2**63"]),
     (["align", "hi", "--target", " "], ["--target"]),
     (["align", "hi", "--method", "bon", "--sigma", "0.3"], ["--sigma"]),
     (["align", "hi", "--model", "/no/such/model/dir"], ["--model", "does not exist"]),
