@@ -25,11 +25,10 @@ def check_tensor(x, name: str, *, ndim: int | None = None, float_storage: bool =
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {_shape(x)}")
-    if float_storage:
+    if float_storage and x.dtype not in STORAGE_DTYPES and not (allow_float64 and x.dtype == torch.float64):
         allowed = STORAGE_DTYPES + ((torch.float64,) if allow_float64 else ())
-        if x.dtype not in allowed:
-            names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-            raise TypeError(f"{name}: expected dtype in ({names}), got {x.dtype}")
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name}: expected dtype in ({names}), got {x.dtype}")
     if device is not None and x.device != device:
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {x.device}")
     return x
@@ -41,6 +40,7 @@ def check_same_shape(x: torch.Tensor, name: str, shape: tuple[int, ...], what: s
 
 
 def check_nonempty(name: str, **dims: int) -> None:
+    """Raise if any named dimension is 0 (callers test ``0 in (...)`` first: this is the slow path)."""
     for dim, size in dims.items():
         if size == 0:
             raise ValueError(f"{name}: expected {dim} >= 1, got an empty tensor ({dim}=0)")
@@ -49,6 +49,11 @@ def check_nonempty(name: str, **dims: int) -> None:
 def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = False,
                lo: float | None = None, hi: float | None = None) -> float:
     """A finite Python/0-d real number with the given bounds; returns it as float."""
+    if type(value) is float or type(value) is int:  # the common case, without the ABC checks below
+        v = float(value)
+        if math.isfinite(v) and (not positive or v > 0) and (not nonnegative or v >= 0) and \
+                (lo is None or v >= lo) and (hi is None or v <= hi):
+            return v
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(f"{name}: expected a number, got a tensor of shape {_shape(value)}")
@@ -133,6 +138,10 @@ def seeds_tensor(seed, B: int, device: torch.device) -> torch.Tensor:
     or on the CPU. A 0-d tensor counts as an int. Values of a CPU tensor are checked; a tensor on a
     GPU is used as given (no read-back, see :func:`_reads_back`).
     """
+    if type(seed) is int:
+        cached = _seed_cache.get((seed, B, device))
+        if cached is not None:
+            return cached
     if isinstance(seed, torch.Tensor):
         _check_index_tensor(seed, "seed", device)
     if isinstance(seed, torch.Tensor) and seed.dim() > 0:
@@ -173,6 +182,10 @@ def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor
     given and its value is unknown (None), so that a decode loop never synchronises on it and can be
     captured in a CUDA graph.
     """
+    if type(value) is int:
+        view = _counter_views.get((value, device))
+        if view is not None:  # a cached counter is in [0, _COUNTER_TABLE_SIZE): nothing to check
+            return view, value
     if isinstance(value, torch.Tensor):
         _check_index_tensor(value, name, device)
         if value.numel() != 1:
@@ -214,20 +227,23 @@ def check_offsets(name: str, last_offset_plus_one: int | None) -> None:
         )
 
 
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    lo = t.data_ptr()
+    if t.is_contiguous():
+        return lo, lo + t.numel() * t.element_size()
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return lo, lo + (extent + 1) * t.element_size()
+
+
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors share any byte of memory."""
+    """Whether two tensors may share a byte of memory: their address ranges intersect.
+
+    (Tensors of different allocations never intersect, so no storage lookup is needed; views of one
+    allocation that interleave without touching count as overlapping, conservatively.)
+    """
     if a.device != b.device or a.numel() == 0 or b.numel() == 0:
         return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    if sa.data_ptr() != sb.data_ptr():
-        return False
-
-    def span(t):
-        lo = t.data_ptr()
-        extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
-        return lo, lo + (extent + 1) * t.element_size()
-
-    (a0, a1), (b0, b1) = span(a), span(b)
+    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
     return a0 < b1 and b0 < a1
 
 
@@ -237,6 +253,8 @@ def has_internal_overlap(t: torch.Tensor) -> bool:
     Sufficient test for non-overlap: sorted by stride, each dimension's stride is larger than the
     span of all smaller-strided dimensions. Views that fail it are treated as overlapping.
     """
+    if t.is_contiguous():
+        return False
     dims = sorted((abs(st), sz) for sz, st in zip(t.shape, t.stride()) if sz > 1)
     span = 0
     for stride, size in dims:

@@ -8,6 +8,7 @@ never modified, except ``out=``, ``udot=`` (AISP perturb accumulates into it) an
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,6 +20,20 @@ __all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "avail
            "importance_weights"]
 
 _CLIP_GROUPS = ("chain", "row", "global")
+
+
+def _no_grad(fn):
+    """Run ``fn`` under ``torch.no_grad`` (the ops are not differentiable), entering the context only
+    when grad mode is on: inside an inference loop that already disabled it this costs nothing."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return fn(*args, **kwargs)
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def available_backends(device_type: str | None = None) -> dict[str, str | None]:
@@ -68,7 +83,7 @@ def _inplace_work(t: torch.Tensor | None):
     return t.contiguous(), t
 
 
-@torch.no_grad()
+@_no_grad
 def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, out=None, backend=None,
                  compute_dtype=None):
     """Perturb pre-logit states of n rollouts at one decode step.
@@ -100,8 +115,9 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
     tau = u.shape[1]
     if u.shape[0] != B or u.shape[2] != d:
         raise ValueError(f"u: expected shape [B={B}, tau, d={d}] to match h {tuple(h.shape)}, got {tuple(u.shape)}")
-    V.check_nonempty("h", B=B, n=n, d=d)
-    V.check_nonempty("u", tau=tau)
+    if 0 in (B, n, d, tau):
+        V.check_nonempty("h", B=B, n=n, d=d)
+        V.check_nonempty("u", tau=tau)
     sigma = V.check_real(sigma, "sigma", positive=True)
     seed_t = V.seeds_tensor(seed, B, device)
     it_t, it = V.counter_tensor(iteration, "iteration", device)
@@ -149,7 +165,7 @@ def importance_weights(rewards: torch.Tensor, udot: torch.Tensor | None, *, lam:
     return torch.softmax(s, dim=-1)
 
 
-@torch.no_grad()
+@_no_grad
 def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None, udot=None, out=None,
                 backend=None, compute_dtype=None):
     """Importance-weighted update of the AISP control after one iteration of n rollouts.
@@ -178,7 +194,8 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     _float_input(u, "u", 3, name)
     device = u.device
     B, tau, d = u.shape
-    V.check_nonempty("u", B=B, tau=tau, d=d)
+    if 0 in (B, tau, d):
+        V.check_nonempty("u", B=B, tau=tau, d=d)
     if not isinstance(rewards, torch.Tensor):
         raise TypeError(f"rewards: expected a torch.Tensor [B, n], got {type(rewards).__name__}")
     if not rewards.dtype.is_floating_point:
@@ -188,7 +205,8 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     if rewards.device != device:
         raise ValueError(f"rewards: expected a tensor on {device}, got one on {rewards.device}")
     n = rewards.shape[1]
-    V.check_nonempty("rewards", n=n)
+    if n == 0:
+        V.check_nonempty("rewards", n=n)
     sigma = V.check_real(sigma, "sigma", positive=True)
     lam = V.check_real(lam, "lam", positive=True)
     alpha = V.check_real(alpha, "alpha", lo=0.0, hi=1.0)
@@ -238,7 +256,7 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     return _finish(buf, result), weights.to(torch.float32)
 
 
-@torch.no_grad()
+@_no_grad
 def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step, optimizer="sgld", state=None,
              betas=(0.9, 0.999), eps=1e-8, error_if_nonfinite=False, out=None, backend=None, compute_dtype=None):
     """One SEA Langevin step on response logits ``y[B, L, V]`` with gradient clipping.
@@ -260,7 +278,8 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     _float_input(grad, "grad", 3, name, device)
     V.check_same_shape(grad, "grad", tuple(y.shape), "the shape of y [B, L, V]")
     B, L, Vv = y.shape
-    V.check_nonempty("y", B=B, L=L, V=Vv)
+    if 0 in (B, L, Vv):
+        V.check_nonempty("y", B=B, L=L, V=Vv)
     lr = V.check_real(lr, "lr", nonnegative=True)
     noise_std = V.check_real(noise_std, "noise_std", nonnegative=True)
     if max_norm is not None:
@@ -324,7 +343,7 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     return _finish(buf, result), norm
 
 
-@torch.no_grad()
+@_no_grad
 def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtype=None):
     """``x + std * xi`` with SEA's noise indexing: ``xi[b, k] = normal(seed[b], step*N + k)``.
 
@@ -339,7 +358,8 @@ def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtyp
     device = x.device
     B = x.shape[0]
     N = math.prod(x.shape[1:])
-    V.check_nonempty("x", B=B, N=N)
+    if 0 in (B, N):
+        V.check_nonempty("x", B=B, N=N)
     std = V.check_real(std, "std", nonnegative=True)
     seed_t = V.seeds_tensor(seed, B, device)
     step_t, st = V.counter_tensor(step, "step", device)

@@ -178,8 +178,10 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
         warnings.simplefilter("always")
         fa.gaussian_perturb(x, std=1.0, seed=0, step=0)
         fa.gaussian_perturb(x, std=1.0, seed=0, step=0)
-    msgs = [str(w.message) for w in caught if "falls back" in str(w.message)]
+    fallback = [w for w in caught if "falls back" in str(w.message)]
+    msgs = [str(w.message) for w in fallback]
     assert len(msgs) == 1 and "simulated: no compiler" in msgs[0] and "'torch'" in msgs[0]
+    assert fallback[0].filename == __file__, "the warning points at the caller's line"
     with pytest.raises(fa.BackendUnavailableError, match="simulated"):
         fa.gaussian_perturb(x, std=1.0, seed=0, step=0, backend="cpu")
     backends._reset_cache()

@@ -81,6 +81,7 @@ class BackendSpec:
 _REGISTRY: dict[str, BackendSpec] = {}
 _MODULES: dict[str, ModuleType] = {}
 _AVAILABILITY: dict[tuple[str, str], str | None] = {}
+_RESOLVED: dict[tuple[str, str], tuple[str, ModuleType]] = {}
 _WARNED: set[tuple[str, str]] = set()
 _LOCK = threading.RLock()
 
@@ -166,9 +167,21 @@ def get(name: str, device_type: str) -> ModuleType:
 
 
 def resolve(backend: str | None, device_type: str) -> tuple[str, ModuleType]:
-    """Pick the backend for a call: explicit argument, then $FASTALIGN_BACKEND, then auto."""
+    """Pick the backend for a call: explicit argument, then $FASTALIGN_BACKEND, then auto.
+
+    A successful pick is remembered per (choice, device type) until :func:`_reset_cache`, so the
+    per-call cost is one dictionary lookup.
+    """
     choice = backend if backend is not None else os.environ.get("FASTALIGN_BACKEND", "auto")
-    choice = choice.strip().lower() or "auto"
+    hit = _RESOLVED.get((choice, device_type))
+    if hit is not None:
+        return hit
+    picked = _resolve(choice.strip().lower() or "auto", device_type)
+    _RESOLVED[(choice, device_type)] = picked
+    return picked
+
+
+def _resolve(choice: str, device_type: str) -> tuple[str, ModuleType]:
     if choice != "auto":
         return choice, get(choice, device_type)
     failed = []
@@ -186,7 +199,7 @@ def resolve(backend: str | None, device_type: str) -> tuple[str, ModuleType]:
                         warnings.warn(
                             f"fastalign: backend 'auto' on {device_type} falls back to {name!r} ({why})",
                             RuntimeWarning,
-                            stacklevel=4,
+                            stacklevel=6,  # _resolve, resolve, _pick, the op, _no_grad, the caller
                         )
             return name, _import(name)
         failed.append((name, reason))
@@ -200,6 +213,7 @@ def _reset_cache() -> None:
     with _LOCK:
         _AVAILABILITY.clear()
         _WARNED.clear()
+        _RESOLVED.clear()
 
 
 # --- the registry: one line per backend -------------------------------------------------------
