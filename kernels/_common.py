@@ -29,6 +29,10 @@ __all__ = ["normal_window", "sum_partials_kernel", "sum_partials", "default_bloc
 
 #: counter blocks per tile on a GPU (1024 elements) and under the interpreter (8192 elements)
 GPU_BLOCK_C = 256
+#: Warps of the element-wise kernels that draw GPU_BLOCK_C counter blocks per tile: one Philox call
+#: (4 elements) per thread, as in the CUDA backend. With 4 warps (two calls per thread) ptxas spills
+#: a few bytes on sm_80/sm_90a (tests/test_triton_compile.py).
+WINDOW_NUM_WARPS = GPU_BLOCK_C // 32
 INTERPRETER_BLOCK_C = 2048
 
 

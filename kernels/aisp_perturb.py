@@ -22,15 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, default_block_c, normal_window
+from ._common import WINDOW_NUM_WARPS, cdiv, default_block_c, normal_window
 
 __all__ = ["aisp_perturb_kernel", "aisp_perturb"]
 
-
-#: 8 warps: with BLOCK_C = 256 counter blocks per tile each thread owns one Philox call (4 elements),
-#: as in the CUDA backend. With 4 warps (two calls per thread) ptxas spills 4-12 bytes on sm_80/sm_90a
-#: (tests/test_triton_compile.py).
-NUM_WARPS = 8
 
 @triton.jit
 def aisp_perturb_kernel(
@@ -111,6 +106,6 @@ def aisp_perturb(h: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, sigma: 
         h, u, out, udot if udot is not None else out, active if active is not None else out,
         seed, iteration, step, n, tau, d, float(sigma),
         HAS_UDOT=udot is not None, HAS_ACTIVE=active is not None, ALIGNED=d % 4 == 0, BLOCK_C=block_c,
-        num_warps=NUM_WARPS,
+        num_warps=WINDOW_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

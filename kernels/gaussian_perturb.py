@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, chain_tile, default_block_c, normal_window
+from ._common import WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, normal_window
 
 __all__ = ["gaussian_perturb_kernel", "gaussian_perturb"]
 
@@ -40,6 +40,6 @@ def gaussian_perturb(x: torch.Tensor, out: torch.Tensor, *, std: float, seed: to
     B, N = x.shape
     block_c = default_block_c(x.device, block_c)
     gaussian_perturb_kernel[(cdiv(N + 3, 4 * block_c), B)](
-        x, out, seed, step, N, float(std), ALIGNED=N % 4 == 0, BLOCK_C=block_c, num_warps=4,
+        x, out, seed, step, N, float(std), ALIGNED=N % 4 == 0, BLOCK_C=block_c, num_warps=WINDOW_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, chain_tile, default_block_c, normal_window, on_interpreter, sum_partials
+from ._common import (WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, normal_window, on_interpreter,
+                      sum_partials)
 
 __all__ = ["sea_norm_partial_kernel", "sea_update_kernel", "sea_norm", "sea_update", "GROUPS"]
 
@@ -46,9 +47,9 @@ _LOG_ZERO = -1.0e30
 @triton.jit
 def sea_norm_partial_kernel(grad_ptr, partial_ptr, M, P, BLOCK: tl.constexpr, TILES: tl.constexpr):
     """partial[g, p] = sum of grad[g, p*CHUNK : (p+1)*CHUNK]**2 (CHUNK = BLOCK*TILES), float32."""
-    pid = tl.program_id(0).to(tl.int64)               # 1-D grid of G*P programs (G may exceed 65535)
-    g = pid // P
-    p = pid - g * P
+    pid32 = tl.program_id(0)                          # 1-D grid of G*P programs (G may exceed 65535)
+    g = (pid32 // P.to(tl.int32)).to(tl.int64)        # int32 division: pid < 2**31 (a grid dimension)
+    p = pid32.to(tl.int64) - g * P
     offs = tl.arange(0, BLOCK).to(tl.int64)
     start = p * (BLOCK * TILES)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -74,7 +75,7 @@ def sea_update_kernel(
     L, V, N,                                             # N = L * V
     max_norm, lr, noise_std, beta1, beta2, one_minus_beta1, one_minus_beta2, log_beta1, log_beta2, adam_eps,
     CLIP: tl.constexpr, GROUP: tl.constexpr, ADAM: tl.constexpr, HAS_NOISE: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGNED: tl.constexpr, ROW32: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     tile = tl.program_id(0).to(tl.int64)                 # tiles on axis 0 (up to 2^31-1), chains on axis 1
     b = tl.program_id(1).to(tl.int64)
@@ -88,7 +89,11 @@ def sea_update_kernel(
         if GROUP == 0:
             norm = tl.load(norm_ptr + b)
         elif GROUP == 1:
-            norm = tl.load(norm_ptr + b * L + f // V, mask=mask, other=0.0)
+            if ROW32:                                    # N < 2**31: int32 division (int64 is a slow call)
+                row = (f.to(tl.int32) // V.to(tl.int32)).to(tl.int64)
+            else:
+                row = f // V
+            norm = tl.load(norm_ptr + b * L + row, mask=mask, other=0.0)
         else:
             norm = tl.load(norm_ptr)
         coef = max_norm / (norm + 1.0e-6)
@@ -148,7 +153,7 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
                group: str | None, max_norm: float | None, lr: float, noise_std: float, seed: torch.Tensor,
                step: torch.Tensor, optimizer: str = "sgld", m: torch.Tensor | None = None,
                v: torch.Tensor | None = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-               block_c: int | None = None) -> None:
+               block_c: int | None = None, row32: bool | None = None) -> None:
     """Launch :func:`sea_update_kernel` (see the module docstring for the math).
 
     Args:
@@ -158,9 +163,15 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
         m, v: contiguous float32 ``[B, L, V]`` Adam moments, updated in place (optimizer="adam").
         seed: int64 ``[B]``; step: int64 ``[1]``.
         block_c: counter blocks per tile (power of two); the result does not depend on it.
+        row32: int32 row index for ``clip="row"`` (default: when ``L*V < 2**31``); False forces the
+            int64 division of larger chains (tests).
     """
     B, L, V = y.shape
     N = L * V
+    if row32 is None:
+        row32 = N < 2**31
+    elif row32 and N >= 2**31:
+        raise ValueError(f"row32: a chain of L*V = {N} elements needs int64 indices")
     clip = max_norm is not None
     if clip and (norm is None or group not in GROUPS):
         raise ValueError(f"sea_update: clipping needs norm and a group in {tuple(GROUPS)}, got {group!r}")
@@ -179,6 +190,6 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
         _log_beta(beta1) if adam else 0.0, _log_beta(beta2) if adam else 0.0,
         float(eps),
         CLIP=clip, GROUP=GROUPS[group] if clip else 0, ADAM=adam, HAS_NOISE=noise_std != 0.0,
-        ALIGNED=N % 4 == 0, BLOCK_C=block_c, num_warps=4,
+        ALIGNED=N % 4 == 0, ROW32=row32, BLOCK_C=block_c, num_warps=WINDOW_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

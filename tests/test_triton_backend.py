@@ -115,7 +115,7 @@ def test_gaussian_perturb_and_sea_update_do_not_depend_on_tile_size(V, step):
     seed_t, (step_t,) = seeds(3, 2**33), counters(step)
     m0, v0 = randn(B, L, V, seed=6).abs(), randn(B, L, V, seed=7).abs()
     gp, upd, moments = [], [], []
-    for block_c in (1, 16, None):
+    for block_c, row32 in ((1, None), (16, None), (None, None), (16, False)):  # row32=False: int64 row index
         out = torch.empty_like(y)
         K_gauss.gaussian_perturb(y.view(B, -1), out.view(B, -1), std=0.7, seed=seed_t, step=step_t, block_c=block_c)
         gp.append(out)
@@ -123,7 +123,8 @@ def test_gaussian_perturb_and_sea_update_do_not_depend_on_tile_size(V, step):
         m, v = m0.clone(), v0.clone()
         norm = K_sea.sea_norm(g, group="row")
         K_sea.sea_update(y, g, out2, norm=norm, group="row", max_norm=1.5, lr=0.1, noise_std=0.3, seed=seed_t,
-                         step=step_t, optimizer="adam", m=m, v=v, beta1=0.9, beta2=0.999, eps=1e-8, block_c=block_c)
+                         step=step_t, optimizer="adam", m=m, v=v, beta1=0.9, beta2=0.999, eps=1e-8, block_c=block_c,
+                         row32=row32)
         upd.append(out2)
         moments.append((m, v))
     for other in gp[1:]:

@@ -31,6 +31,7 @@ from fastalign.kernels import _common, aisp_perturb, aisp_update, gaussian_pertu
 I64, F32 = "*i64", "*fp32"
 STORAGE = ["*fp32", "*fp16", "*bf16"]
 ELEMENTWISE = dict(num_warps=4, enable_fp_fusion=False)
+WINDOW = dict(ELEMENTWISE, num_warps=_common.WINDOW_NUM_WARPS)  # the kernels drawing GPU_BLOCK_C blocks per tile
 
 def cases():
     for s in STORAGE:
@@ -39,20 +40,21 @@ def cases():
                    dict(h_ptr=s, u_ptr=F32, out_ptr=s, udot_ptr=F32, active_ptr="*i1", seed_ptr=I64, it_ptr=I64,
                         step_ptr=I64, n="i64", tau="i64", d="i64", sigma="fp32"),
                    dict(HAS_UDOT=has_udot, HAS_ACTIVE=has_udot, ALIGNED=False, BLOCK_C=_common.GPU_BLOCK_C),
-                   dict(ELEMENTWISE, num_warps=aisp_perturb.NUM_WARPS))
+                   WINDOW)
         yield (gaussian_perturb.gaussian_perturb_kernel, s,
                dict(x_ptr=s, out_ptr=s, seed_ptr=I64, step_ptr=I64, N="i64", std="fp32"),
-               dict(ALIGNED=False, BLOCK_C=_common.GPU_BLOCK_C), ELEMENTWISE)
+               dict(ALIGNED=False, BLOCK_C=_common.GPU_BLOCK_C), WINDOW)
         yield (sea_step.sea_norm_partial_kernel, s, dict(grad_ptr=s, partial_ptr=F32, M="i64", P="i64"),
                dict(BLOCK=sea_step.NORM_BLOCK_GPU, TILES=sea_step.NORM_TILES_GPU), dict(num_warps=4))
-        for adam in (True, False):
+        for adam, row32 in ((True, True), (False, True), (False, False)):
             args = dict(y_ptr=s, grad_ptr=s, out_ptr=s, norm_ptr=F32, m_ptr=F32, v_ptr=F32, seed_ptr=I64,
                         step_ptr=I64, L="i64", V="i64", N="i64")
             args.update({k: "fp32" for k in ("max_norm", "lr", "noise_std", "beta1", "beta2", "one_minus_beta1",
                                              "one_minus_beta2", "log_beta1", "log_beta2", "adam_eps")})
             yield (sea_step.sea_update_kernel, s, args,
-                   dict(CLIP=True, GROUP=1, ADAM=adam, HAS_NOISE=True, ALIGNED=False, BLOCK_C=_common.GPU_BLOCK_C),
-                   ELEMENTWISE)
+                   dict(CLIP=True, GROUP=1, ADAM=adam, HAS_NOISE=True, ALIGNED=False, ROW32=row32,
+                        BLOCK_C=_common.GPU_BLOCK_C),
+                   WINDOW)
     yield (aisp_update.aisp_udot_kernel, "*fp32",
            dict(u_ptr=F32, lengths_ptr=I64, partial_ptr=F32, seed_ptr=I64, it_ptr=I64, n="i64", tau="i64", d="i64",
                 P="i64", TILES_PER_PROG="i64"),
