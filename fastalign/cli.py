@@ -173,9 +173,28 @@ def _load_bench_module(name: str):
 
 
 # ------------------------------------------------------------------------------------- subcommands
+def _triton_interpreter_for_check() -> bool:
+    """Without a GPU, let ``fastalign check`` run the Triton kernels under Triton's CPU interpreter
+    (it must be switched on before the kernels are imported). Returns whether it was switched on."""
+    if "TRITON_INTERPRET" in os.environ or "fastalign.kernels" in sys.modules or importlib.util.find_spec("triton") is None:
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    os.environ["TRITON_INTERPRET"] = "1"
+    from fastalign import backends as registry
+
+    registry._reset_cache()
+    return True
+
+
 def cmd_check(args) -> int:
     from fastalign import backends as registry
     from fastalign import check
+
+    if args.backend in (None, "auto", "triton") and _triton_interpreter_for_check() and not args.json:
+        _info("fastalign check: no GPU, so the Triton kernels run under Triton's CPU interpreter")
 
     try:
         rows_progress = _Progress("check", enabled=not args.json and sys.stderr.isatty())

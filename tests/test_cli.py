@@ -251,3 +251,19 @@ def test_console_entry_point_never_prints_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "--version"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0 and "fastalign" in proc.stdout
+
+
+def test_check_runs_triton_under_the_interpreter_without_a_gpu():
+    """A fresh `fastalign check` process on a machine without a GPU switches Triton's interpreter on by
+    itself (before the kernels are imported), so the Triton kernels are checked too."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, triton is checked on CUDA tensors")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "fastalign", "check", "--quick", "--backend", "triton", "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)
+    assert rows and {r["backend"] for r in rows} == {"triton"} and all(r["ok"] for r in rows)
+    assert {r["op"].split(":")[0].split("+")[0] for r in rows} >= {"aisp_perturb", "aisp_update", "sea_step",
+                                                                   "gaussian_perturb"}
