@@ -173,6 +173,36 @@ def test_learns_a_synthetic_reward():
     assert min(best) >= 1.0
 
 
+def test_udot_accumulated_while_decoding_matches_the_lengths_given_to_the_update(monkeypatch):
+    """The udot summed by aisp_perturb during decoding (only while a rollout is active) must equal what
+    the update's own pass computes from ``lengths`` (steps t < length): otherwise the importance
+    weights would use a udot that does not belong to the noise they weight. Rollouts that stop early
+    (EOS) are the case that matters; this configuration has some."""
+    from fastalign import aisp
+
+    calls = []
+    real_update = aisp.ops.aisp_update
+
+    def recording_update(u, rewards, **kw):
+        calls.append((u.clone(), rewards.clone(), dict(kw, udot=kw["udot"].clone())))
+        return real_update(u, rewards, **kw)
+
+    monkeypatch.setattr(aisp.ops, "aisp_update", recording_update)
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), n=8, iterations=3, sigma=1.0, lam=0.3,
+                  alpha=0.5, max_new_tokens=12, seed=0, backend="torch", progress=False)
+    assert len(calls) == 3
+    assert any(bool((kw["lengths"] < 12).any()) for _, _, kw in calls[1:]), "no rollout stopped early"
+    from fastalign.backends import torch_ref
+
+    for u, rewards, kw in calls[1:]:  # iteration 0 has u = 0, so udot = 0 whatever the lengths
+        assert float(u.abs().max()) > 0
+        recomputed = torch.empty_like(kw["udot"], dtype=torch.float64)
+        torch_ref.aisp_udot(u.double(), kw["lengths"], recomputed, seed=kw["seed"],
+                            iteration=torch.tensor([kw["iteration"]]), compute_dtype=torch.float64)
+        torch.testing.assert_close(kw["udot"].double(), recomputed, rtol=1e-5, atol=1e-4)
+
+
 def test_normalize_rewards_and_horizon_run():
     model, tok = _tiny.model("qwen2"), _tiny.tokenizer()
     res = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), n=4, iterations=2, sigma=1.0, lam=0.5,
