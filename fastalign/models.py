@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastalign._cache import user_cache_dir
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_REWARD_MODEL",
@@ -92,12 +94,7 @@ def require(module: str, purpose: str) -> None:
 def cache_dir() -> Path:
     """fastalign's user cache: ``$FASTALIGN_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastalign``, else
     ``~/.cache/fastalign``. Not created here."""
-    env = os.environ.get("FASTALIGN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "fastalign"
+    return user_cache_dir()
 
 
 def _package_dir(module: str, purpose: str) -> Path:

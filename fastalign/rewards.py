@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from fastalign._cache import user_cache_dir
+
 __all__ = [
     "SequenceClassifierReward",
     "EmbeddingSimilarityReward",
@@ -49,14 +51,6 @@ __all__ = [
 SoftReward = Callable[[list, torch.Tensor, torch.Tensor], torch.Tensor]
 
 _BRIDGE_FORMAT = 1
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("FASTALIGN_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fastalign"
 
 
 def default_encoder_dir() -> Path:
@@ -261,7 +255,7 @@ class VocabBridge:
         """Build (or load from the on-disk cache) the bridge between the two tokenizers."""
         key = hashlib.sha256(f"{_BRIDGE_FORMAT}:{_vocab_fingerprint(base_tokenizer)}:"
                              f"{_vocab_fingerprint(encoder_tokenizer)}".encode()).hexdigest()[:32]
-        path = (cache_dir or _cache_dir()) / "bridges" / f"{key}.pt"
+        path = (cache_dir or user_cache_dir()) / "bridges" / f"{key}.pt"
         if cache and path.is_file():
             try:
                 data = torch.load(path, map_location="cpu", weights_only=True)

@@ -67,13 +67,9 @@ def _version_tag() -> str:
 
 def cache_dir() -> pathlib.Path:
     """Root of the build cache for this torch + Python version (created lazily by :func:`load`)."""
-    root = os.environ.get("FASTALIGN_CACHE_DIR")
-    if root:
-        base = pathlib.Path(root).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache") / "fastalign"
-    return base / _version_tag()
+    from fastalign._cache import user_cache_dir
+
+    return user_cache_dir() / _version_tag()
 
 
 def _ensure_writable(folder: pathlib.Path) -> None:
