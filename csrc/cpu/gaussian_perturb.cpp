@@ -15,13 +15,13 @@ namespace {
 template <typename scalar_t>
 void perturb_all(const scalar_t* x, scalar_t* out, float stdev, const int64_t* seed, int64_t step, int64_t B,
                  int64_t N) {
-  const int64_t chunks_per_row = (N + kChunk - 1) / kChunk;
+  const int64_t chunks_per_row = (N + kStreamChunk - 1) / kStreamChunk;
   at::parallel_for(0, B * chunks_per_row, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float scratch[randn_scratch_size(kChunk)];
+    alignas(64) float scratch[randn_scratch_size(kStreamChunk)];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks_per_row;
-      const int64_t e0 = (task % chunks_per_row) * kChunk;
-      const int64_t len = std::min(kChunk, N - e0);
+      const int64_t e0 = (task % chunks_per_row) * kStreamChunk;
+      const int64_t len = std::min(kStreamChunk, N - e0);
       const float* xi = randn_range(seed[b], step * N + e0, len, scratch);
       const scalar_t* xc = x + b * N + e0;
       scalar_t* oc = out + b * N + e0;

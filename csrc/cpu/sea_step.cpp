@@ -83,15 +83,15 @@ void update_all(const scalar_t* y, const scalar_t* grad, scalar_t* out, float* m
                 int64_t V, const std::vector<float>& row_coef, bool clip, float lr, float noise_std,
                 const AdamCoefs& adam, const int64_t* seed, int64_t step) {
   const int64_t N = L * V;
-  const int64_t chunks_per_chain = (N + kChunk - 1) / kChunk;
+  const int64_t chunks_per_chain = (N + kStreamChunk - 1) / kStreamChunk;
   const bool noise = noise_std != 0.0f;
   if (noise) checked_offset(step + 1, N, 0, "sea_step offset (step * L * V)");
   at::parallel_for(0, B * chunks_per_chain, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float scratch[randn_scratch_size(kChunk)];
+    alignas(64) float scratch[randn_scratch_size(kStreamChunk)];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks_per_chain;
-      const int64_t e0 = (task % chunks_per_chain) * kChunk;
-      const int64_t len = std::min(kChunk, N - e0);
+      const int64_t e0 = (task % chunks_per_chain) * kStreamChunk;
+      const int64_t len = std::min(kStreamChunk, N - e0);
       const float* xi = noise ? randn_range(seed[b], step * N + e0, len, scratch) : nullptr;
       const int64_t base = b * N + e0;
       // split at row boundaries: the clip coefficient is per row (constant per chain for chain/global)
