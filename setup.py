@@ -13,23 +13,33 @@ import os
 from setuptools import setup
 
 
+def _cpu_build_constants(here):
+    """SOURCES and COMMON_CFLAGS of fastalign/backends/cpu.py (the just-in-time build), read without
+    importing the package, so both builds compile the same files with the same base flags."""
+    import ast
+
+    with open(os.path.join(here, "fastalign", "backends", "cpu.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    values = {}
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id in ("SOURCES", "COMMON_CFLAGS"):
+            values[target.id] = ast.literal_eval(node.value)
+    return list(values["SOURCES"]), list(values["COMMON_CFLAGS"])
+
+
 def _ext_modules():
     if os.environ.get("FASTALIGN_BUILD_EXT", "0") in ("", "0"):
         return {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = [
-        os.path.join("csrc", "cpu", name)
-        for name in ("stream_simd.cpp", "aisp_perturb.cpp", "aisp_update.cpp", "sea_step.cpp",
-                     "gaussian_perturb.cpp", "bindings.cpp")
-    ]
+    sources, cflags = _cpu_build_constants(here)
     cpu_ext = CppExtension(
         name="fastalign._C_cpu",
-        sources=sources,
+        sources=[os.path.join("csrc", *src.split("/")) for src in sources],
         include_dirs=[os.path.join(here, "csrc", "include")],
-        # keep in sync with fastalign/backends/cpu.py COMMON_CFLAGS
-        extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast"],
+        extra_compile_args=cflags,  # portable: no -march=native (the SIMD paths are chosen at run time)
         extra_link_args=["-fopenmp"],
     )
     return {"ext_modules": [cpu_ext], "cmdclass": {"build_ext": BuildExtension.with_options(use_ninja=True)}}

@@ -2,6 +2,9 @@
 the C++/CUDA sources ship inside the wheel, and the declared torch range admits torch 2.13.0."""
 from __future__ import annotations
 
+import json
+import os
+import platform
 import subprocess
 import sys
 import tomllib
@@ -79,3 +82,55 @@ def test_editable_or_source_import_maps_kernels():
     import fastalign.kernels
 
     assert Path(fastalign.kernels.__file__).resolve().parent == ROOT / "kernels"
+
+
+def test_ahead_of_time_wheel_builds_the_cpu_extension_and_uses_it(tmp_path):
+    """FASTALIGN_BUILD_EXT=1 builds fastalign._C_cpu into the wheel (portable flags, the same sources and
+    base flags as the just-in-time build, read from fastalign/backends/cpu.py), and the cpu backend
+    then uses it instead of building one: a fresh, empty cache folder stays empty."""
+    if platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
+        pytest.skip("cpu backend targets x86-64 and aarch64")
+    out = tmp_path / "wheel"
+    env = dict(os.environ, FASTALIGN_BUILD_EXT="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = out.glob("fastalign-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("fastalign/_C_cpu") and n.endswith(".so") for n in names), names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, json, torch; sys.path.insert(0, sys.argv[1]); import fastalign as fa;"
+        "from fastalign.backends import cpu; e = cpu.extension();"
+        "x = torch.randn(2, 3, 1001, generator=torch.Generator().manual_seed(0));"
+        "a = fa.gaussian_perturb(x, std=0.5, seed=3, step=2, backend='cpu');"
+        "b = fa.gaussian_perturb(x.double(), std=0.5, seed=3, step=2, backend='torch', compute_dtype=torch.float64);"
+        "print(json.dumps([e.__name__, e.__file__, float((a.double() - b).abs().max())]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTALIGN_BUILD_EXT"}
+    env["FASTALIGN_CACHE_DIR"] = str(cache)
+    run = subprocess.run([sys.executable, "-I", "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    name, path, err = json.loads(run.stdout.strip().splitlines()[-1])
+    assert name == "fastalign._C_cpu" and path.startswith(str(site))
+    assert err < 2e-6
+    assert not cache.exists() or not any(cache.rglob("*.so")), "the JIT build ran although the wheel has the extension"
+
+
+def test_setup_py_builds_what_the_jit_builds():
+    """setup.py takes its sources and base flags from fastalign/backends/cpu.py (no copy to keep in sync)
+    and adds no -march=native."""
+    src = (ROOT / "setup.py").read_text().replace("setup(**_ext_modules())", "")
+    ns: dict = {}
+    exec(compile(src, "setup.py", "exec"), ns)
+    sources, cflags = ns["_cpu_build_constants"](str(ROOT))
+    from fastalign.backends import cpu
+
+    assert sources == list(cpu.SOURCES) and cflags == list(cpu.COMMON_CFLAGS)
+    assert all((ROOT / "csrc" / s).is_file() for s in sources)
+    assert not any("march" in f for f in cflags)
