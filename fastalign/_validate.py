@@ -40,7 +40,6 @@ def check_same_shape(x: torch.Tensor, name: str, shape: tuple[int, ...], what: s
 
 
 def check_nonempty(name: str, **dims: int) -> None:
-    """Raise if any named dimension is 0 (callers test ``0 in (...)`` first: this is the slow path)."""
     for dim, size in dims.items():
         if size == 0:
             raise ValueError(f"{name}: expected {dim} >= 1, got an empty tensor ({dim}=0)")
@@ -86,10 +85,10 @@ def _check_index_tensor(t: torch.Tensor, name: str, device: torch.device) -> Non
 
 
 def _as_int64_checked(t: torch.Tensor, name: str) -> torch.Tensor:
-    """``t`` as int64; unsigned 64-bit values >= 2**63 (which would wrap negative) are an error."""
+    """CPU tensor ``t`` as int64; unsigned 64-bit values >= 2**63 (which would wrap negative) are an error."""
     if t.dtype == torch.uint64:
         wrapped = t.to(torch.int64)
-        if t.numel() and not _capturing(t.device) and bool((wrapped < 0).any()):
+        if t.numel() and bool((wrapped < 0).any()):
             raise ValueError(f"{name}: expected values < 2**63, got a uint64 value >= 2**63")
         return wrapped
     return t.to(torch.int64)
@@ -138,10 +137,6 @@ def seeds_tensor(seed, B: int, device: torch.device) -> torch.Tensor:
     or on the CPU. A 0-d tensor counts as an int. Values of a CPU tensor are checked; a tensor on a
     GPU is used as given (no read-back, see :func:`_reads_back`).
     """
-    if type(seed) is int:
-        cached = _seed_cache.get((seed, B, device))
-        if cached is not None:
-            return cached
     if isinstance(seed, torch.Tensor):
         _check_index_tensor(seed, "seed", device)
     if isinstance(seed, torch.Tensor) and seed.dim() > 0:
@@ -182,10 +177,6 @@ def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor
     given and its value is unknown (None), so that a decode loop never synchronises on it and can be
     captured in a CUDA graph.
     """
-    if type(value) is int:
-        view = _counter_views.get((value, device))
-        if view is not None:  # a cached counter is in [0, _COUNTER_TABLE_SIZE): nothing to check
-            return view, value
     if isinstance(value, torch.Tensor):
         _check_index_tensor(value, name, device)
         if value.numel() != 1:

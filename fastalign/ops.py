@@ -115,9 +115,8 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
     tau = u.shape[1]
     if u.shape[0] != B or u.shape[2] != d:
         raise ValueError(f"u: expected shape [B={B}, tau, d={d}] to match h {tuple(h.shape)}, got {tuple(u.shape)}")
-    if 0 in (B, n, d, tau):
-        V.check_nonempty("h", B=B, n=n, d=d)
-        V.check_nonempty("u", tau=tau)
+    V.check_nonempty("h", B=B, n=n, d=d)
+    V.check_nonempty("u", tau=tau)
     sigma = V.check_real(sigma, "sigma", positive=True)
     seed_t = V.seeds_tensor(seed, B, device)
     it_t, it = V.counter_tensor(iteration, "iteration", device)
@@ -194,8 +193,7 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     _float_input(u, "u", 3, name)
     device = u.device
     B, tau, d = u.shape
-    if 0 in (B, tau, d):
-        V.check_nonempty("u", B=B, tau=tau, d=d)
+    V.check_nonempty("u", B=B, tau=tau, d=d)
     if not isinstance(rewards, torch.Tensor):
         raise TypeError(f"rewards: expected a torch.Tensor [B, n], got {type(rewards).__name__}")
     if not rewards.dtype.is_floating_point:
@@ -205,8 +203,7 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     if rewards.device != device:
         raise ValueError(f"rewards: expected a tensor on {device}, got one on {rewards.device}")
     n = rewards.shape[1]
-    if n == 0:
-        V.check_nonempty("rewards", n=n)
+    V.check_nonempty("rewards", n=n)
     sigma = V.check_real(sigma, "sigma", positive=True)
     lam = V.check_real(lam, "lam", positive=True)
     alpha = V.check_real(alpha, "alpha", lo=0.0, hi=1.0)
@@ -278,8 +275,7 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     _float_input(grad, "grad", 3, name, device)
     V.check_same_shape(grad, "grad", tuple(y.shape), "the shape of y [B, L, V]")
     B, L, Vv = y.shape
-    if 0 in (B, L, Vv):
-        V.check_nonempty("y", B=B, L=L, V=Vv)
+    V.check_nonempty("y", B=B, L=L, V=Vv)
     lr = V.check_real(lr, "lr", nonnegative=True)
     noise_std = V.check_real(noise_std, "noise_std", nonnegative=True)
     if max_norm is not None:
@@ -358,8 +354,7 @@ def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtyp
     device = x.device
     B = x.shape[0]
     N = math.prod(x.shape[1:])
-    if 0 in (B, N):
-        V.check_nonempty("x", B=B, N=N)
+    V.check_nonempty("x", B=B, N=N)
     std = V.check_real(std, "std", nonnegative=True)
     seed_t = V.seeds_tensor(seed, B, device)
     step_t, st = V.counter_tensor(step, "step", device)
