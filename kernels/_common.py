@@ -9,7 +9,8 @@ call. A row of ``N`` elements whose first logical index ``base`` is not a multip
 ``cdiv((base & 3) + N, 4)`` blocks; elements of the window outside the row are masked by the caller.
 
 Block sizes: ``BLOCK_C`` counter blocks (``4 * BLOCK_C`` elements) per tile. On a GPU a tile of 1024
-elements with 4 warps keeps the Philox/Box-Muller arithmetic in registers; the Triton interpreter
+elements with ``WINDOW_NUM_WARPS`` = 8 warps (one Philox call per thread) keeps the Philox/Box-Muller
+arithmetic in registers without spills; the Triton interpreter
 (``TRITON_INTERPRET=1``, CPU tensors) runs one program at a time in numpy, so there larger tiles,
 i.e. fewer programs, are faster. :func:`default_block_c` picks between the two.
 
@@ -25,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["normal_window", "sum_partials_kernel", "sum_partials", "default_block_c", "cdiv", "on_interpreter"]
+__all__ = ["normal_window", "chain_tile", "sum_partials_kernel", "sum_partials", "default_block_c", "cdiv",
+           "on_interpreter", "GPU_BLOCK_C", "WINDOW_NUM_WARPS"]
 
 #: counter blocks per tile on a GPU (1024 elements) and under the interpreter (8192 elements)
 GPU_BLOCK_C = 256
