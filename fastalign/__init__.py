@@ -20,7 +20,7 @@ from fastalign.ops import (
     importance_weights,
     sea_step,
 )
-from fastalign._hf import AlignResult
+from fastalign.results import AlignResult
 from fastalign.aisp import aisp_generate
 from fastalign.bon import bon_generate
 from fastalign.sea import sea_generate

@@ -18,7 +18,7 @@ Mechanics:
   for the update (steps after it contributed nothing). State is O(B * tau * d): there is never a
   ``[B, n, tau, d]`` noise tensor.
 * Seeds: each prompt's stream seed is derived from ``(seed, prompt text)`` with a stable hash
-  (:func:`fastalign._hf.stream_seeds`), so a prompt gives the same response alone or inside any
+  (:func:`fastalign.sampling.stream_seeds`), so a prompt gives the same response alone or inside any
   batch, whatever its position. ``seed`` may also be a list with one int per prompt.
 
 Defaults are the paper's (n=32, K=32 iterations, sigma=0.5 — the paper's best — lam=0.3,
@@ -30,12 +30,16 @@ is a sensible scale whatever the reward); the default keeps the paper's raw form
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
-from fastalign import _hf
+from fastalign import _common
+from fastalign import encoding
+from fastalign import engine
+from fastalign.results import BestSoFar, fmt
+from fastalign.rewards import call_reward
+from fastalign import sampling
 from fastalign import ops
 
 __all__ = ["aisp_generate", "standardize_rewards"]
@@ -53,23 +57,6 @@ def standardize_rewards(rewards: torch.Tensor) -> torch.Tensor:
     std = var.sqrt()
     z = torch.where(std > 0, (r - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(r))
     return torch.where(finite, z, r)
-
-
-def _check_int(value, name: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {value!r}")
-    return value
-
-
-def _check_float(value, name: str, *, positive=False, lo=None, hi=None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    value = float(value)
-    if positive and value <= 0:
-        raise ValueError(f"{name}: expected a value > 0, got {value}")
-    if lo is not None and value < lo or hi is not None and value > hi:
-        raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value}")
-    return value
 
 
 def _head_width(head: torch.nn.Module) -> int:
@@ -108,45 +95,45 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         progress: one line per iteration on stderr.
 
     Returns:
-        :class:`fastalign._hf.AlignResult` for a single prompt string, else a list of them (one per
+        :class:`fastalign.results.AlignResult` for a single prompt string, else a list of them (one per
         prompt): best response over all ``n * iterations`` rollouts, its reward, the per-iteration
         reward trace (mean and max over the n rollouts), ``reward_calls = n * iterations``, wall-clock.
     """
     single = isinstance(prompts, str)
-    prompts = _hf.check_prompts(prompts)
-    n = _check_int(n, "n")
-    iterations = _check_int(iterations, "iterations")
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens")
-    sigma = _check_float(sigma, "sigma", positive=True)
-    lam = _check_float(lam, "lam", positive=True)
-    alpha = _check_float(alpha, "alpha", lo=0.0, hi=1.0)
-    tau = max_new_tokens if horizon is None else _check_int(horizon, "horizon")
+    prompts = encoding.check_prompts(prompts)
+    n = _common.check_int(n, "n")
+    iterations = _common.check_int(iterations, "iterations")
+    max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
+    sigma = _common.check_float(sigma, "sigma", positive=True)
+    lam = _common.check_float(lam, "lam", positive=True)
+    alpha = _common.check_float(alpha, "alpha", lo=0.0, hi=1.0)
+    tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
     if tau > max_new_tokens:
         raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    head = _hf.output_head(model)
+    head = engine.output_head(model)
     d = _head_width(head)
     device = head.weight.device
-    _hf.check_backend(backend, device)
-    say = _hf.Progress(progress, "aisp")
+    _common.check_backend(backend, device)
+    say = _common.Progress(progress, "aisp")
     t0 = time.perf_counter()
 
     B = len(prompts)
-    seeds = torch.tensor(_hf.stream_seeds(seed, prompts), dtype=torch.int64, device=device)
-    ids, mask = _hf.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+    seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64, device=device)
+    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
     ids_rep, mask_rep = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
     prompts_rep = [p for p in prompts for _ in range(n)]
-    eos = _hf.eos_token_ids(model, tokenizer)
-    pad = _hf.pad_token_id(tokenizer)
+    eos = encoding.eos_token_ids(model, tokenizer)
+    pad = encoding.pad_token_id(tokenizer)
 
     base_texts = base_rewards = None
     if with_base:
-        base_texts, base_rewards = _hf.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
+        base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
                                                        max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
 
     u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
-    best = _hf.BestSoFar(B)
+    best = BestSoFar(B)
 
     for it in range(iterations):
         udot = torch.zeros(B, n, dtype=torch.float32, device=device)
@@ -158,10 +145,10 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                                  udot=udot, active=active.view(B, n), backend=backend)
             return z.view(B * n, d)
 
-        roll = _hf.decode(model, ids_rep, mask_rep, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad,
+        roll = engine.decode(model, ids_rep, mask_rep, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad,
                           transform=perturb)
-        texts, id_lists = _hf.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
-        rewards = _hf.call_reward(reward, prompts_rep, texts).view(B, n)
+        texts, id_lists = encoding.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
+        rewards = call_reward(reward, prompts_rep, texts).view(B, n)
         lengths = roll.lengths.clamp_max(tau).view(B, n).to(device)
 
         used = standardize_rewards(rewards) if normalize_rewards else rewards
@@ -176,8 +163,8 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
         best.update(rewards, texts, id_lists)
         say(f"iteration {it + 1}/{iterations}: mean reward "
-            + ", ".join(_hf.fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-            + ", ".join(_hf.fmt(best.reward[b]) for b in range(B))
+            + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
+            + ", ".join(fmt(best.reward[b]) for b in range(B))
             + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0

@@ -5,7 +5,7 @@ prompt, the same number of reward calls as Best-of-``(n*K)``.
 
 Sampling (temperature, nucleus ``top_p``) draws its uniforms from the fastalign Philox stream: sample
 ``i`` of a prompt at decode step ``t`` uses ``uniform(stream_seed, i * max_new_tokens + t)``, where the
-stream seed hashes ``(seed, prompt text)`` (:func:`fastalign._hf.stream_seeds`). So a prompt's samples
+stream seed hashes ``(seed, prompt text)`` (:func:`fastalign.sampling.stream_seeds`). So a prompt's samples
 do not depend on the batch it is in, nor on ``batch_size``.
 """
 from __future__ import annotations
@@ -15,8 +15,12 @@ import time
 
 import torch
 
-from fastalign import _hf
-from fastalign.aisp import _check_float, _check_int
+from fastalign import _common
+from fastalign import encoding
+from fastalign import engine
+from fastalign.results import BestSoFar, fmt
+from fastalign.rewards import call_reward
+from fastalign import sampling
 
 __all__ = ["bon_generate"]
 
@@ -39,38 +43,38 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         progress: one line per round on stderr.
 
     Returns:
-        one :class:`fastalign._hf.AlignResult` for a single prompt string, else a list; the trace has
+        one :class:`fastalign.results.AlignResult` for a single prompt string, else a list; the trace has
         one (mean, max) entry per round of samples.
     """
     single = isinstance(prompts, str)
-    prompts = _hf.check_prompts(prompts)
-    n = _check_int(n, "n")
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens")
-    batch_size = _check_int(batch_size, "batch_size")
-    temperature = _check_float(temperature, "temperature", lo=0.0, hi=math.inf)
-    top_p = _check_float(top_p, "top_p", lo=0.0, hi=1.0)
+    prompts = encoding.check_prompts(prompts)
+    n = _common.check_int(n, "n")
+    max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
+    batch_size = _common.check_int(batch_size, "batch_size")
+    temperature = _common.check_float(temperature, "temperature", lo=0.0, hi=math.inf)
+    top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
     if top_p == 0.0:
         raise ValueError("top_p: expected a value in (0, 1], got 0.0")
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    head = _hf.output_head(model)
+    head = engine.output_head(model)
     device = head.weight.device
-    say = _hf.Progress(progress, "bon")
+    say = _common.Progress(progress, "bon")
     t0 = time.perf_counter()
 
     B = len(prompts)
-    seeds = torch.tensor(_hf.stream_seeds(seed, prompts), dtype=torch.int64)
-    ids, mask = _hf.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-    eos = _hf.eos_token_ids(model, tokenizer)
-    pad = _hf.pad_token_id(tokenizer)
+    seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64)
+    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+    eos = encoding.eos_token_ids(model, tokenizer)
+    pad = encoding.pad_token_id(tokenizer)
 
     base_texts = base_rewards = None
     if with_base:
-        base_texts, base_rewards = _hf.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
+        base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
                                                        max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
 
     per_round = max(1, min(n, batch_size // B))
-    best = _hf.BestSoFar(B)
+    best = BestSoFar(B)
     rounds = math.ceil(n / per_round)
     for rnd in range(rounds):
         start = rnd * per_round
@@ -80,15 +84,15 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
 
         def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
             offsets = sample_idx * max_new_tokens + step
-            return _hf.sample_tokens(logits, row_seeds, offsets, temperature=temperature, top_p=top_p)
+            return sampling.sample_tokens(logits, row_seeds, offsets, temperature=temperature, top_p=top_p)
 
-        roll = _hf.decode(model, ids.repeat_interleave(m, dim=0), mask.repeat_interleave(m, dim=0),
+        roll = engine.decode(model, ids.repeat_interleave(m, dim=0), mask.repeat_interleave(m, dim=0),
                           max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, choose=choose)
-        texts, id_lists = _hf.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
-        rewards = _hf.call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
+        texts, id_lists = encoding.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
+        rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
         best.update(rewards, texts, id_lists)
         say(f"round {rnd + 1}/{rounds} ({start + m}/{n} samples): best "
-            + ", ".join(_hf.fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
+            + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     results = [

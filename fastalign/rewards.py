@@ -46,6 +46,7 @@ __all__ = [
     "as_soft_reward",
     "default_encoder_dir",
     "special_token_frame",
+    "call_reward",
 ]
 
 SoftReward = Callable[[list, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -402,3 +403,32 @@ class EmbeddingSimilarityReward:
 
         soft.is_soft_reward = True
         return soft
+
+
+# ---------------------------------------------------------------------------------------------
+# calling a reward
+# ---------------------------------------------------------------------------------------------
+def call_reward(reward, prompts: list[str], responses: list[str]) -> torch.Tensor:
+    """``reward(prompts, responses)`` as a float64 CPU tensor ``[N]``, validated.
+
+    Raises ``TypeError`` for a reward that is not callable or returns something that is not a number
+    sequence, ``ValueError`` for a wrong length, NaN or +inf (``-inf`` is allowed: "reject").
+    """
+    if not callable(reward):
+        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
+    N = len(responses)
+    r = reward(prompts, responses)
+    try:
+        r = torch.as_tensor(r.detach() if isinstance(r, torch.Tensor) else r, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"reward: expected a sequence of {N} numbers, got {type(r).__name__} ({exc})") from exc
+    if r.dim() == 2 and r.shape[1] == 1:
+        r = r[:, 0]
+    if r.dim() != 1 or r.shape[0] != N:
+        raise ValueError(f"reward: expected {N} rewards (one per response) shaped [{N}], got shape {tuple(r.shape)}")
+    if bool(torch.isnan(r).any()):
+        bad = torch.isnan(r).nonzero().flatten().tolist()[:5]
+        raise ValueError(f"reward: returned NaN for response(s) {bad}: {[responses[i] for i in bad]!r}")
+    if bool(torch.isposinf(r).any()):
+        raise ValueError("reward: returned +inf; expected finite rewards (or -inf to reject a response)")
+    return r

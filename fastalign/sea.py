@@ -40,10 +40,13 @@ import time
 
 import torch
 
-from fastalign import _hf
+from fastalign import _common
+from fastalign import encoding
+from fastalign import engine
+from fastalign.results import AlignResult, fmt
+from fastalign.rewards import as_soft_reward, call_reward
+from fastalign import sampling
 from fastalign import ops
-from fastalign.aisp import _check_float, _check_int
-from fastalign.rewards import as_soft_reward
 
 __all__ = ["sea_generate", "noise_schedule"]
 
@@ -53,14 +56,14 @@ def noise_schedule(noise_std, steps: int) -> list[float]:
     if isinstance(noise_std, (tuple, list)):
         if len(noise_std) != 2:
             raise ValueError(f"noise_std: expected a number or a pair (start, end), got {noise_std!r}")
-        a = _check_float(noise_std[0], "noise_std[0]", lo=0.0, hi=math.inf)
-        b = _check_float(noise_std[1], "noise_std[1]", lo=0.0, hi=math.inf)
+        a = _common.check_float(noise_std[0], "noise_std[0]", lo=0.0, hi=math.inf)
+        b = _common.check_float(noise_std[1], "noise_std[1]", lo=0.0, hi=math.inf)
         if steps == 1:
             return [a]
         if a > 0 and b > 0:
             return [a * (b / a) ** (s / (steps - 1)) for s in range(steps)]
         return [a + (b - a) * s / (steps - 1) for s in range(steps)]
-    c = _check_float(noise_std, "noise_std", lo=0.0, hi=math.inf)
+    c = _common.check_float(noise_std, "noise_std", lo=0.0, hi=math.inf)
     return [c] * steps
 
 
@@ -104,7 +107,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
         progress: a line per evaluation on stderr.
 
     Returns:
-        :class:`fastalign._hf.AlignResult` (a list for a list of prompts): the best final response over
+        :class:`fastalign.results.AlignResult` (a list for a list of prompts): the best final response over
         the prompt's chains, its reward, ``base_response`` / ``base_reward`` (the first chain's sampled
         initial response), the decoded-reward trace (mean/max over chains per evaluation) and in
         ``extra``: ``energy``, ``soft_reward``, ``fluency`` (mean over chains per step, at the evaluation
@@ -112,16 +115,16 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
         row norm for ``clip="row"``, the global norm for ``clip="global"``).
     """
     single = isinstance(prompts, str)
-    prompts = _hf.check_prompts(prompts)
-    chains = _check_int(chains, "chains")
-    steps = _check_int(steps, "steps", lo=0)
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens")
-    lr = _check_float(lr, "lr", lo=0.0, hi=math.inf)
-    init_temp = _check_float(init_temp, "init_temp", positive=True)
-    init_sample_temp = _check_float(init_sample_temp, "init_sample_temp", lo=0.0, hi=math.inf)
-    soft_temp = _check_float(soft_temp, "soft_temp", positive=True)
-    flu_weight = _check_float(flu_weight, "flu_weight", lo=0.0, hi=math.inf)
-    reward_weight = _check_float(reward_weight, "reward_weight", lo=0.0, hi=math.inf)
+    prompts = encoding.check_prompts(prompts)
+    chains = _common.check_int(chains, "chains")
+    steps = _common.check_int(steps, "steps", lo=0)
+    max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
+    lr = _common.check_float(lr, "lr", lo=0.0, hi=math.inf)
+    init_temp = _common.check_float(init_temp, "init_temp", positive=True)
+    init_sample_temp = _common.check_float(init_sample_temp, "init_sample_temp", lo=0.0, hi=math.inf)
+    soft_temp = _common.check_float(soft_temp, "soft_temp", positive=True)
+    flu_weight = _common.check_float(flu_weight, "flu_weight", lo=0.0, hi=math.inf)
+    reward_weight = _common.check_float(reward_weight, "reward_weight", lo=0.0, hi=math.inf)
     if optimizer not in ("adam", "sgld"):
         raise ValueError(f"optimizer: expected 'adam' or 'sgld', got {optimizer!r}")
     if noise not in ("eval", "langevin", "none"):
@@ -131,21 +134,21 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
     if clip is None:
         max_norm = None
     elif max_norm is not None:
-        max_norm = _check_float(max_norm, "max_norm", positive=True)
+        max_norm = _common.check_float(max_norm, "max_norm", positive=True)
     stds = noise_schedule(noise_std, max(steps, 1)) if noise != "none" else [0.0] * max(steps, 1)
     if rerank_top_k is not None:
-        rerank_top_k = _check_int(rerank_top_k, "rerank_top_k")
+        rerank_top_k = _common.check_int(rerank_top_k, "rerank_top_k")
     if eval_every is not None:
-        eval_every = _check_int(eval_every, "eval_every")
+        eval_every = _common.check_int(eval_every, "eval_every")
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    _hf.output_head(model)
+    engine.output_head(model)
     soft = soft_reward if soft_reward is not None else as_soft_reward(reward, model, tokenizer)
-    E, emb_scale = _hf.input_embedding(model)
+    E, emb_scale = engine.input_embedding(model)
     emb_module = model.get_input_embeddings()
     device = E.device
-    _hf.check_backend(backend, device)
-    say = _hf.Progress(progress, "sea")
+    _common.check_backend(backend, device)
+    say = _common.Progress(progress, "sea")
     t0 = time.perf_counter()
 
     B = len(prompts)
@@ -153,22 +156,22 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
     per_prompt = list(seed) if isinstance(seed, (list, tuple)) else [seed] * B
     if len(per_prompt) != B:
         raise ValueError(f"seed: expected an int or {B} ints (one per prompt), got {len(per_prompt)}")
-    chain_seeds = torch.tensor([_hf.stream_seeds(sd, [p], salt=f"sea-chain-{c}")[0]
+    chain_seeds = torch.tensor([sampling.stream_seeds(sd, [p], salt=f"sea-chain-{c}")[0]
                                 for sd, p in zip(per_prompt, prompts) for c in range(chains)], dtype=torch.int64)
     seeds_dev = chain_seeds.to(device)
     prompts_rep = [p for p in prompts for _ in range(chains)]
-    ids, mask = _hf.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
     ids, mask = ids.repeat_interleave(chains, dim=0), mask.repeat_interleave(chains, dim=0)
-    eos = _hf.eos_token_ids(model, tokenizer)
-    pad = _hf.pad_token_id(tokenizer)
+    eos = encoding.eos_token_ids(model, tokenizer)
+    pad = encoding.pad_token_id(tokenizer)
     P = ids.shape[1]
 
     # 1. initial responses sampled from the base model, with the logits along them
     def choose(logits, step, active):
         offsets = torch.full((logits.shape[0],), step, dtype=torch.int64)
-        return _hf.sample_tokens(logits, chain_seeds, offsets, temperature=init_sample_temp)
+        return sampling.sample_tokens(logits, chain_seeds, offsets, temperature=init_sample_temp)
 
-    init = _hf.decode(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, choose=choose,
+    init = engine.decode(model, ids, mask, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, choose=choose,
                       return_logits=True)
     L = init.tokens.shape[1]
     lengths = init.lengths.to(device)  # [N] response positions that are optimised (EOS included)
@@ -193,9 +196,9 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
     def score(token_rows: torch.Tensor) -> tuple[torch.Tensor, list[str], list[list[int]]]:
         """Decode [N, L] ids (cut at each chain's length and at the first EOS) and score them."""
         nonlocal score_calls
-        texts, id_lists = _hf.response_texts(tokenizer, token_rows.cpu(), _eos_lengths(token_rows, lengths, eos).cpu(),
+        texts, id_lists = encoding.response_texts(tokenizer, token_rows.cpu(), _eos_lengths(token_rows, lengths, eos).cpu(),
                                              eos)
-        r = _hf.call_reward(reward, prompts_rep, texts)
+        r = call_reward(reward, prompts_rep, texts)
         score_calls += 1
         return r, texts, id_lists
 
@@ -204,7 +207,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
         for b in range(B):
             trace_mean[b].append(float(rb[b].mean()))
             trace_max[b].append(float(rb[b].max()))
-        say(f"{label}: decoded reward " + ", ".join(_hf.fmt(trace_max[b][-1]) for b in range(B))
+        say(f"{label}: decoded reward " + ", ".join(fmt(trace_max[b][-1]) for b in range(B))
             + f" ({time.perf_counter() - t0:.1f} s)")
 
     base_r, base_texts, _ = score(init.tokens.to(device))
@@ -263,7 +266,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
             cand = top[:, step].to(logits.device)
             return cand.gather(-1, logits.gather(-1, cand).argmax(-1, keepdim=True)).squeeze(-1)
 
-        rr = _hf.decode(model, ids, mask, max_new_tokens=L, eos_ids=eos, pad_id=pad, choose=choose_topk)
+        rr = engine.decode(model, ids, mask, max_new_tokens=L, eos_ids=eos, pad_id=pad, choose=choose_topk)
         tokens = torch.full((N, L), pad, dtype=torch.long, device=device)
         tokens[:, :rr.tokens.shape[1]] = rr.tokens
         rerank_r, rerank_texts, rerank_ids = score(tokens)
@@ -278,7 +281,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
     for b in range(B):
         c = int(fr[b].argmax())
         i = b * chains + c
-        results.append(_hf.AlignResult(
+        results.append(AlignResult(
             prompt=prompts[b], response=final_texts[i], reward=float(final_r[i]), method="sea",
             trace_mean=trace_mean[b], trace_max=trace_max[b], reward_calls=score_calls * chains, seconds=seconds, response_ids=final_ids[i],
             base_response=base_texts[b * chains], base_reward=float(base_r[b * chains]),
@@ -295,7 +298,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
 
 
 def _eos_lengths(tokens: torch.Tensor, lengths: torch.Tensor, eos_ids) -> torch.Tensor:
-    """Per row: ``lengths`` cut after the first EOS token (which is kept, as in :func:`_hf.decode`)."""
+    """Per row: ``lengths`` cut after the first EOS token (which is kept, as in :func:`engine.decode`)."""
     L = tokens.shape[1]
     if not eos_ids:
         return lengths.clamp_max(L)

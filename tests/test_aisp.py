@@ -9,7 +9,10 @@ import torch
 
 import _tiny
 import fastalign as fa
-from fastalign import _hf
+from fastalign import encoding
+from fastalign import engine
+from fastalign.results import AlignResult
+from fastalign import sampling
 from fastalign.aisp import aisp_generate, standardize_rewards
 
 
@@ -26,9 +29,9 @@ SMALL = dict(n=4, iterations=2, sigma=1.0, max_new_tokens=6, progress=False)
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_greedy_decode_matches_generate(arch):
     model, tok = _tiny.model(arch), _tiny.tokenizer()
-    ids, mask = _hf.encode_prompts(tok, _tiny.PROMPTS)
+    ids, mask = encoding.encode_prompts(tok, _tiny.PROMPTS)
     assert ids.shape[0] == 5 and bool((mask[:, -1] == 1).all())  # left padded
-    roll = _hf.decode(model, ids, mask, max_new_tokens=7, eos_ids=[1], pad_id=0)
+    roll = engine.decode(model, ids, mask, max_new_tokens=7, eos_ids=[1], pad_id=0)
     ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=7, do_sample=False,
                          eos_token_id=1, pad_token_id=0)[:, ids.shape[1]:]
     for b in range(5):
@@ -38,12 +41,12 @@ def test_greedy_decode_matches_generate(arch):
 
 def test_perturb_head_input_is_the_head_input():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
-    ids, mask = _hf.encode_prompts(tok, ["w1 w2 w3"])
+    ids, mask = encoding.encode_prompts(tok, ["w1 w2 w3"])
     delta = torch.randn(_tiny.HIDDEN, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
         want = model.lm_head(h + delta)
-        with _hf.perturb_head_input(model, lambda x: x + delta):
+        with engine.perturb_head_input(model, lambda x: x + delta):
             got = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]
         plain = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1]  # hook removed
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -53,8 +56,8 @@ def test_perturb_head_input_is_the_head_input():
 def test_perturbed_gemma2_logits_keep_final_softcapping():
     model, tok = _tiny.model("gemma2"), _tiny.tokenizer()
     cap = model.config.final_logit_softcapping
-    ids, mask = _hf.encode_prompts(tok, ["w1 w2"])
-    with torch.no_grad(), _hf.perturb_head_input(model, lambda x: x * 100.0):
+    ids, mask = encoding.encode_prompts(tok, ["w1 w2"])
+    with torch.no_grad(), engine.perturb_head_input(model, lambda x: x * 100.0):
         logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
         h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1] * 100.0
     raw = model.lm_head(h)
@@ -63,16 +66,16 @@ def test_perturbed_gemma2_logits_keep_final_softcapping():
 
 
 def test_stream_seeds_depend_on_prompt_and_seed_only():
-    a = _hf.stream_seeds(0, ["x", "y", "x"])
+    a = sampling.stream_seeds(0, ["x", "y", "x"])
     assert a[0] == a[2] != a[1]
-    assert _hf.stream_seeds(0, ["y"]) == [a[1]]
-    assert _hf.stream_seeds(1, ["x"]) != [a[0]]
-    assert _hf.stream_seeds([0, 1], ["x", "x"]) == [a[0], _hf.stream_seeds(1, ["x"])[0]]
+    assert sampling.stream_seeds(0, ["y"]) == [a[1]]
+    assert sampling.stream_seeds(1, ["x"]) != [a[0]]
+    assert sampling.stream_seeds([0, 1], ["x", "x"]) == [a[0], sampling.stream_seeds(1, ["x"])[0]]
     assert all(0 <= s < 2**63 for s in a)
     with pytest.raises(ValueError, match="seed"):
-        _hf.stream_seeds([1, 2], ["x"])
+        sampling.stream_seeds([1, 2], ["x"])
     with pytest.raises(ValueError, match="seed"):
-        _hf.stream_seeds(-1, ["x"])
+        sampling.stream_seeds(-1, ["x"])
 
 
 def test_standardize_rewards():
@@ -92,7 +95,7 @@ def test_shapes_and_types(arch):
     out = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), backend="torch", with_base=True, **SMALL)
     assert isinstance(out, list) and len(out) == 2
     for res, prompt in zip(out, _tiny.PROMPTS[:2]):
-        assert isinstance(res, _hf.AlignResult) and res.method == "aisp" and res.prompt == prompt
+        assert isinstance(res, AlignResult) and res.method == "aisp" and res.prompt == prompt
         assert isinstance(res.response, str) and isinstance(res.reward, float)
         assert res.reward == float(res.response.split().count("w7"))
         assert tok.decode(res.response_ids, skip_special_tokens=True) == res.response
@@ -106,14 +109,14 @@ def test_shapes_and_types(arch):
         assert isinstance(res.base_response, str) and res.base_reward == float(res.base_response.split().count("w7"))
         assert res.to_dict()["response"] == res.response
     single = aisp_generate(model, tok, _tiny.PROMPTS[0], _tiny.count_reward("w7"), backend="torch", **SMALL)
-    assert isinstance(single, _hf.AlignResult)
+    assert isinstance(single, AlignResult)
     assert single.response_ids == out[0].response_ids
 
 
 def test_base_response_is_greedy():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     res = aisp_generate(model, tok, _tiny.PROMPTS[2], _tiny.count_reward(), backend="torch", with_base=True, **SMALL)
-    ids, mask = _hf.encode_prompts(tok, [_tiny.PROMPTS[2]])
+    ids, mask = encoding.encode_prompts(tok, [_tiny.PROMPTS[2]])
     greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
                             eos_token_id=1, pad_token_id=0)[0, ids.shape[1]:]
     assert res.base_response == tok.decode(greedy, skip_special_tokens=True)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import _hf
+from fastalign.results import AlignResult
+from fastalign import sampling
 from fastalign.bon import bon_generate
 
 
@@ -18,24 +19,24 @@ KW = dict(n=6, max_new_tokens=6, progress=False)
 def test_sample_tokens_follows_the_distribution():
     logits = torch.tensor([[0.0, 1.0, 2.0, -1.0]]).expand(4000, 4)
     seeds = torch.full((4000,), 123, dtype=torch.int64)
-    draws = _hf.sample_tokens(logits, seeds, torch.arange(4000))
+    draws = sampling.sample_tokens(logits, seeds, torch.arange(4000))
     freq = torch.bincount(draws, minlength=4).double() / 4000
     probs = torch.softmax(logits[0].double(), -1)
     # 4 standard errors of a binomial proportion
     assert bool(((freq - probs).abs() <= 4 * (probs * (1 - probs) / 4000).sqrt()).all()), (freq, probs)
     # the same (seed, offset) gives the same draw whatever the other rows are
-    again = _hf.sample_tokens(logits[:10], seeds[:10], torch.arange(10))
+    again = sampling.sample_tokens(logits[:10], seeds[:10], torch.arange(10))
     assert again.tolist() == draws[:10].tolist()
 
 
 def test_sample_tokens_top_p_and_greedy():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
     seeds = torch.zeros(2000, dtype=torch.int64)
-    draws = _hf.sample_tokens(logits, seeds, torch.arange(2000), top_p=0.7)
+    draws = sampling.sample_tokens(logits, seeds, torch.arange(2000), top_p=0.7)
     assert set(draws.tolist()) == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: nucleus {0, 1}
     frac0 = float((draws == 0).double().mean())
     assert abs(frac0 - 0.5 / 0.8) < 0.05
-    greedy = _hf.sample_tokens(logits[:5], seeds[:5], torch.arange(5), temperature=0.0)
+    greedy = sampling.sample_tokens(logits[:5], seeds[:5], torch.arange(5), temperature=0.0)
     assert greedy.tolist() == [0] * 5
 
 
@@ -44,14 +45,14 @@ def test_shapes_and_types():
     out = bon_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), batch_size=6, with_base=True, **KW)
     assert len(out) == 2
     for res in out:
-        assert isinstance(res, _hf.AlignResult) and res.method == "bon"
+        assert isinstance(res, AlignResult) and res.method == "bon"
         assert res.reward_calls == 6
         assert len(res.trace_mean) == 2  # batch_size 6 over 2 prompts: 3 samples per round
         assert res.reward == max(res.trace_max) == float(res.response.split().count("w7"))
         assert tok.decode(res.response_ids, skip_special_tokens=True) == res.response
         assert isinstance(res.base_response, str)
     single = bon_generate(model, tok, _tiny.PROMPTS[0], _tiny.count_reward(), **KW)
-    assert isinstance(single, _hf.AlignResult)
+    assert isinstance(single, AlignResult)
 
 
 def test_determinism_batch_invariance_and_batch_size_invariance():

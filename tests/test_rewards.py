@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import _hf
+from fastalign import rewards
 from fastalign.rewards import (EmbeddingSimilarityReward, SequenceClassifierReward, VocabBridge, as_soft_reward,
                                special_token_frame)
 
@@ -22,22 +22,22 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_call_reward_accepts_sequences_and_validates():
     p, r = ["a", "b", "c"], ["x", "y", "z"]
-    assert _hf.call_reward(lambda p, r: [1, 2, 3], p, r).tolist() == [1.0, 2.0, 3.0]
-    assert _hf.call_reward(lambda p, r: np.array([[1.0], [2.0], [3.0]]), p, r).tolist() == [1.0, 2.0, 3.0]
-    out = _hf.call_reward(lambda p, r: torch.tensor([0.5, -math.inf, 1.0], requires_grad=True), p, r)
+    assert rewards.call_reward(lambda p, r: [1, 2, 3], p, r).tolist() == [1.0, 2.0, 3.0]
+    assert rewards.call_reward(lambda p, r: np.array([[1.0], [2.0], [3.0]]), p, r).tolist() == [1.0, 2.0, 3.0]
+    out = rewards.call_reward(lambda p, r: torch.tensor([0.5, -math.inf, 1.0], requires_grad=True), p, r)
     assert out.dtype == torch.float64 and out[1] == -math.inf
     with pytest.raises(ValueError, match=r"expected 3 rewards .* got shape \(2,\)"):
-        _hf.call_reward(lambda p, r: [1.0, 2.0], p, r)
+        rewards.call_reward(lambda p, r: [1.0, 2.0], p, r)
     with pytest.raises(ValueError, match=r"got shape \(3, 2\)"):
-        _hf.call_reward(lambda p, r: torch.zeros(3, 2), p, r)
+        rewards.call_reward(lambda p, r: torch.zeros(3, 2), p, r)
     with pytest.raises(ValueError, match=r"NaN for response\(s\) \[1\]"):
-        _hf.call_reward(lambda p, r: [1.0, float("nan"), 0.0], p, r)
+        rewards.call_reward(lambda p, r: [1.0, float("nan"), 0.0], p, r)
     with pytest.raises(ValueError, match=r"\+inf"):
-        _hf.call_reward(lambda p, r: [1.0, math.inf, 0.0], p, r)
+        rewards.call_reward(lambda p, r: [1.0, math.inf, 0.0], p, r)
     with pytest.raises(TypeError, match="sequence of 3 numbers"):
-        _hf.call_reward(lambda p, r: "high", p, r)
+        rewards.call_reward(lambda p, r: "high", p, r)
     with pytest.raises(TypeError, match="callable"):
-        _hf.call_reward(None, p, r)
+        rewards.call_reward(None, p, r)
 
 
 def test_as_soft_reward_rejects_plain_callables():

@@ -6,7 +6,7 @@ import torch
 
 import _tiny
 import fastalign as fa
-from fastalign import _hf
+from fastalign.results import AlignResult
 from fastalign.rewards import SequenceClassifierReward
 from fastalign.sea import noise_schedule, sea_generate
 
@@ -33,7 +33,7 @@ def test_shapes_types_and_energy_goes_down(arch):
     out = sea_generate(model, tok, _tiny.PROMPTS[:2], _tiny.SoftCountReward("w7"), chains=2, backend="torch", **KW)
     assert isinstance(out, list) and len(out) == 2
     for res in out:
-        assert isinstance(res, _hf.AlignResult) and res.method == "sea"
+        assert isinstance(res, AlignResult) and res.method == "sea"
         assert isinstance(res.response, str) and res.reward == float(res.response.split().count("w7"))
         assert tok.decode(res.response_ids, skip_special_tokens=True) == res.response
         assert len(res.response_ids) <= KW["max_new_tokens"]

@@ -584,7 +584,7 @@ def test_outputs_never_require_grad():
 # ----------------------------------------------------------------------------- algorithm entry points
 # Bad arguments to aisp_generate / sea_generate / bon_generate raise before the model runs once. The
 # model's forward is wrapped with a counter to prove it. (Their validation lives in fastalign/aisp.py,
-# sea.py, bon.py and fastalign/_hf.py.)
+# sea.py, bon.py and fastalign/_common.py.)
 
 ALGO_CASES = [
     ("aisp", dict(n=0), ValueError, "n"),

@@ -1,0 +1,106 @@
+"""The result type of AISP, SEA and Best-of-N (:class:`AlignResult`) and the best-so-far tracker
+that AISP and Best-of-N share."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+__all__ = ["AlignResult", "BestSoFar", "fmt"]
+
+
+@dataclass
+class AlignResult:
+    """What :func:`~fastalign.aisp.aisp_generate`, :func:`~fastalign.sea.sea_generate` and
+    :func:`~fastalign.bon.bon_generate` return for one prompt.
+
+    Attributes:
+        prompt: the prompt as given (before any chat template).
+        response: the best response found (decoded text, special tokens removed).
+        reward: its reward (as returned by the reward callable).
+        method: ``"aisp"``, ``"sea"`` or ``"bon"``.
+        trace_mean, trace_max: reward of the responses evaluated in each iteration (AISP: an
+            iteration of n rollouts; Best-of-N: a round of rollouts decoded together; SEA: a
+            decoded-argmax evaluation), mean and max over the prompt's rollouts/chains.
+        reward_calls: number of responses of this prompt scored by the reward (the budget that
+            AISP n x K and Best-of-(n*K) are compared at).
+        seconds: wall-clock time of the whole call that produced this result (shared by every
+            prompt of a batch).
+        response_ids: token ids of ``response`` (EOS excluded).
+        base_response, base_reward: the unaligned reference response (greedy for AISP/Best-of-N when
+            asked for with ``with_base=True``; the sampled initial response for SEA) and its reward.
+        extra: method-specific traces (SEA: ``energy``, ``soft_reward``, ``fluency``, ``grad_norm``).
+    """
+
+    prompt: str
+    response: str
+    reward: float
+    method: str
+    trace_mean: list[float] = field(default_factory=list)
+    trace_max: list[float] = field(default_factory=list)
+    reward_calls: int = 0
+    seconds: float = 0.0
+    response_ids: list[int] = field(default_factory=list)
+    base_response: str | None = None
+    base_reward: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def trace(self) -> list[tuple[float, float]]:
+        """``[(mean, max), ...]`` per iteration."""
+        return list(zip(self.trace_mean, self.trace_max))
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of every field."""
+        return {
+            "prompt": self.prompt,
+            "response": self.response,
+            "reward": self.reward,
+            "method": self.method,
+            "trace_mean": list(self.trace_mean),
+            "trace_max": list(self.trace_max),
+            "reward_calls": self.reward_calls,
+            "seconds": self.seconds,
+            "response_ids": list(self.response_ids),
+            "base_response": self.base_response,
+            "base_reward": self.base_reward,
+            "extra": dict(self.extra),
+        }
+
+
+class BestSoFar:
+    """Best response per prompt over rounds of scored candidates, with the per-round reward trace.
+
+    Shared by AISP (a round is an iteration of n rollouts) and Best-of-N (a round of samples decoded
+    together). Ties keep the earlier response.
+    """
+
+    def __init__(self, B: int):
+        self.reward = [-math.inf] * B
+        self.text: list[str | None] = [None] * B
+        self.ids: list[list[int]] = [[] for _ in range(B)]
+        self.trace_mean: list[list[float]] = [[] for _ in range(B)]
+        self.trace_max: list[list[float]] = [[] for _ in range(B)]
+
+    def update(self, rewards: torch.Tensor, texts: Sequence[str], id_lists: Sequence[list[int]]) -> None:
+        """Take one round: ``rewards [B, m]``; ``texts``/``id_lists`` of the ``B*m`` candidates, prompt-major."""
+        m = rewards.shape[1]
+        for b, row in enumerate(rewards):
+            i = int(row.argmax())
+            if self.text[b] is None or float(row[i]) > self.reward[b]:
+                self.reward[b] = float(row[i])
+                self.text[b] = texts[b * m + i]
+                self.ids[b] = id_lists[b * m + i]
+            self.trace_mean[b].append(float(row.mean()))
+            self.trace_max[b].append(float(row.max()))
+
+    def result(self, b: int, **fields) -> AlignResult:
+        """The :class:`AlignResult` of prompt ``b`` (``fields``: prompt, method, reward_calls, ...)."""
+        return AlignResult(response=self.text[b], reward=self.reward[b], trace_mean=self.trace_mean[b],
+                           trace_max=self.trace_max[b], response_ids=self.ids[b], **fields)
+
+
+def fmt(x: float) -> str:
+    return "-inf" if x == -math.inf else f"{x:.4f}"
