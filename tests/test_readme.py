@@ -36,14 +36,21 @@ def test_first_lines_are_the_two_commands():
     assert tests.endswith("python -m pytest -q") and "[dev,hf,triton,plot]" in tests
 
 
-def test_ci_runs_the_readme_tests_command():
+def test_ci_runs_both_readme_commands_from_fresh_environments():
+    """.ci/run extracts exactly README lines 1 and 2 and runs each in a new venv with an empty HOME."""
     ci = (ROOT / ".ci" / "run").read_text()
-    awk = re.search(r"awk '([^']+)' README.md", ci)
-    assert awk, "ci extracts the command from README.md"
-    extracted = subprocess.run(["awk", awk.group(1), "README.md"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    assert extracted == _commands()[1]
-    assert 'bash -c "$cmd"' in ci and '"$rc" -eq 5' in ci
+    func = re.search(r"^readme_line\(\) \{.*?^\}", ci, flags=re.S | re.M)
+    assert func, ".ci/run defines readme_line()"
+    main_job, tests = _commands()
+    for heading, want in (("# 1. set up", main_job), ("# 2. set up and run the tests", tests)):
+        got = subprocess.run(["bash", "-c", f'{func.group(0)}\nreadme_line "{heading}"'], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert got == want, heading
+        assert f'readme_line "{heading}"' in ci
+    assert '-m venv "$venv"' in ci and 'export HOME="$work/$1/home"' in ci and 'bash -c "$cmd"' in ci
+    assert '"$rc" -eq 5' in ci  # no tests collected is a failure
+    assert "grep -c '^aligned (AISP'" in ci  # line 1 must print its aligned responses
+    assert ".ci/work/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_drop_in_example_runs_and_matches_the_reference(monkeypatch):
