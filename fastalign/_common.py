@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from fastalign import engine
+from fastalign import encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
-__all__ = ["check_int", "check_float", "check_backend", "Progress", "greedy_baseline"]
+__all__ = ["check_int", "check_float", "check_backend", "Progress", "EncodedPrompts", "encode_and_prefill",
+           "greedy_baseline"]
 
 
 def check_int(value, name: str, lo: int = 1) -> int:
@@ -55,11 +56,42 @@ class Progress:
             print(f"fastalign {self.method}: {msg}", file=sys.stderr, flush=True)
 
 
-def greedy_baseline(model, tokenizer, reward, prompts: list[str], input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, *, max_new_tokens: int, eos_ids: Sequence[int],
-                    pad_id: int) -> tuple[list[str], list[float]]:
+@dataclass
+class EncodedPrompts:
+    """A batch of B prompts ready to decode: the texts, ``input_ids``/``attention_mask`` ``[B, P]`` (left
+    padded, on the model's device), the ids that end a response and the pad id, and the prompt cache
+    (:func:`fastalign.engine.prefill`, computed once and forked for every batch of rollouts)."""
+
+    texts: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    eos_ids: list[int]
+    pad_id: int
+    prompt_cache: engine.PromptCache
+
+    def decode(self, model, *, repeats: int = 1, **kwargs) -> engine.Rollouts:
+        """:func:`fastalign.engine.decode` of ``repeats`` rollouts per prompt from the prompt cache."""
+        return engine.decode(model, self.input_ids, self.attention_mask, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                             repeats=repeats, prompt_cache=self.prompt_cache, **kwargs)
+
+    def responses(self, tokenizer, rollouts: engine.Rollouts) -> tuple[list[str], list[list[int]]]:
+        """Decoded texts and ids of ``rollouts`` (EOS dropped)."""
+        return response_texts(tokenizer, rollouts.tokens, rollouts.lengths, self.eos_ids)
+
+
+def encode_and_prefill(model, tokenizer, prompts: list[str], *, chat_template: bool | None,
+                       device: torch.device) -> EncodedPrompts:
+    """Tokenise ``prompts`` (left padded, through the chat template when there is one) and prefill them
+    once. Call inside :func:`fastalign.engine.eval_mode`."""
+    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+    return EncodedPrompts(texts=prompts, input_ids=ids, attention_mask=mask,
+                          eos_ids=encoding.eos_token_ids(model, tokenizer), pad_id=encoding.pad_token_id(tokenizer),
+                          prompt_cache=engine.prefill(model, ids, mask))
+
+
+def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,
+                    max_new_tokens: int) -> tuple[list[str], list[float]]:
     """The unperturbed greedy response to each prompt and its reward (``with_base=True`` of AISP and
     Best-of-N; not counted in ``reward_calls``)."""
-    base = engine.decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id)
-    texts, _ = response_texts(tokenizer, base.tokens, base.lengths, eos_ids)
-    return texts, call_reward(reward, prompts, texts).tolist()
+    texts, _ = encoded.responses(tokenizer, encoded.decode(model, max_new_tokens=max_new_tokens))
+    return texts, call_reward(reward, encoded.texts, texts).tolist()

@@ -34,13 +34,9 @@ import time
 
 import torch
 
-from fastalign import _common
-from fastalign import encoding
-from fastalign import engine
+from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
-from fastalign import sampling
-from fastalign import ops
 
 __all__ = ["aisp_generate", "standardize_rewards"]
 
@@ -64,6 +60,21 @@ def _head_width(head: torch.nn.Module) -> int:
     if width is None:
         width = head.weight.shape[1]
     return int(width)
+
+
+def _update_control(u, rewards, lengths, udot, *, normalize_rewards, sigma, lam, alpha, seeds, iteration,
+                    backend) -> torch.Tensor:
+    """One importance-sampling update of ``u [B, tau, d]`` from the iteration's ``rewards [B, n]``; a prompt
+    whose every rollout was rejected (-inf) keeps its control."""
+    device = u.device
+    used = standardize_rewards(rewards) if normalize_rewards else rewards
+    hopeless = torch.isneginf(used).all(dim=1)
+    used = torch.where(hopeless.unsqueeze(1), torch.zeros_like(used), used)
+    u_new, _ = ops.aisp_update(u, used.to(device=device, dtype=torch.float32), sigma=sigma, lam=lam, alpha=alpha,
+                               seed=seeds, iteration=iteration, lengths=lengths, udot=udot, backend=backend)
+    if bool(hopeless.any()):
+        u_new[hopeless.to(device)] = u[hopeless.to(device)]
+    return u_new
 
 
 def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float = 0.5,
@@ -112,6 +123,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
+    engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
     head = engine.output_head(model)
     d = _head_width(head)
     device = head.weight.device
@@ -121,51 +133,37 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
     B = len(prompts)
     seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64, device=device)
-    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-    ids_rep, mask_rep = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
     prompts_rep = [p for p in prompts for _ in range(n)]
-    eos = encoding.eos_token_ids(model, tokenizer)
-    pad = encoding.pad_token_id(tokenizer)
+    with engine.eval_mode(model):
+        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
+        base_texts = base_rewards = None
+        if with_base:
+            base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
+                                                               max_new_tokens=max_new_tokens)
 
-    base_texts = base_rewards = None
-    if with_base:
-        base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
-                                                       max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
+        u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
+        best = BestSoFar(B)
+        for it in range(iterations):
+            udot = torch.zeros(B, n, dtype=torch.float32, device=device)
 
-    u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
-    best = BestSoFar(B)
+            def perturb(h, step, active, it=it, udot=udot):
+                if step >= tau:
+                    return h
+                z = ops.aisp_perturb(h.reshape(B, n, d), u, sigma=sigma, seed=seeds, iteration=it, step=step,
+                                     udot=udot, active=active.view(B, n), backend=backend)
+                return z.view(B * n, d)
 
-    for it in range(iterations):
-        udot = torch.zeros(B, n, dtype=torch.float32, device=device)
-
-        def perturb(h, step, active, it=it, udot=udot):
-            if step >= tau:
-                return h
-            z = ops.aisp_perturb(h.reshape(B, n, d), u, sigma=sigma, seed=seeds, iteration=it, step=step,
-                                 udot=udot, active=active.view(B, n), backend=backend)
-            return z.view(B * n, d)
-
-        roll = engine.decode(model, ids_rep, mask_rep, max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad,
-                          transform=perturb)
-        texts, id_lists = encoding.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
-        rewards = call_reward(reward, prompts_rep, texts).view(B, n)
-        lengths = roll.lengths.clamp_max(tau).view(B, n).to(device)
-
-        used = standardize_rewards(rewards) if normalize_rewards else rewards
-        hopeless = torch.isneginf(used).all(dim=1)  # every rollout rejected: keep that prompt's control
-        used = torch.where(hopeless.unsqueeze(1), torch.zeros_like(used), used)
-        u_new, _ = ops.aisp_update(u, used.to(device=device, dtype=torch.float32), sigma=sigma, lam=lam,
-                                   alpha=alpha, seed=seeds, iteration=it, lengths=lengths, udot=udot,
-                                   backend=backend)
-        if bool(hopeless.any()):
-            u_new[hopeless.to(device)] = u[hopeless.to(device)]
-        u = u_new
-
-        best.update(rewards, texts, id_lists)
-        say(f"iteration {it + 1}/{iterations}: mean reward "
-            + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-            + ", ".join(fmt(best.reward[b]) for b in range(B))
-            + f" ({time.perf_counter() - t0:.1f} s)")
+            roll = encoded.decode(model, repeats=n, max_new_tokens=max_new_tokens, transform=perturb)
+            texts, id_lists = encoded.responses(tokenizer, roll)
+            rewards = call_reward(reward, prompts_rep, texts).view(B, n)
+            lengths = roll.lengths.clamp_max(tau).view(B, n).to(device)
+            u = _update_control(u, rewards, lengths, udot, normalize_rewards=normalize_rewards, sigma=sigma,
+                                lam=lam, alpha=alpha, seeds=seeds, iteration=it, backend=backend)
+            best.update(rewards, texts, id_lists)
+            say(f"iteration {it + 1}/{iterations}: mean reward "
+                + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
+                + ", ".join(fmt(best.reward[b]) for b in range(B))
+                + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     results = [

@@ -15,12 +15,9 @@ import time
 
 import torch
 
-from fastalign import _common
-from fastalign import encoding
-from fastalign import engine
+from fastalign import _common, encoding, engine, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
-from fastalign import sampling
 
 __all__ = ["bon_generate"]
 
@@ -57,42 +54,38 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         raise ValueError("top_p: expected a value in (0, 1], got 0.0")
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    head = engine.output_head(model)
-    device = head.weight.device
+    engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
+    device = engine.output_head(model).weight.device
     say = _common.Progress(progress, "bon")
     t0 = time.perf_counter()
 
     B = len(prompts)
     seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64)
-    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-    eos = encoding.eos_token_ids(model, tokenizer)
-    pad = encoding.pad_token_id(tokenizer)
-
-    base_texts = base_rewards = None
-    if with_base:
-        base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, prompts, ids, mask,
-                                                       max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad)
-
     per_round = max(1, min(n, batch_size // B))
-    best = BestSoFar(B)
     rounds = math.ceil(n / per_round)
-    for rnd in range(rounds):
-        start = rnd * per_round
-        m = min(per_round, n - start)
-        sample_idx = torch.arange(start, start + m, dtype=torch.int64).repeat(B)  # [B*m]
-        row_seeds = seeds.repeat_interleave(m)
+    best = BestSoFar(B)
+    with engine.eval_mode(model):
+        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
+        base_texts = base_rewards = None
+        if with_base:
+            base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
+                                                               max_new_tokens=max_new_tokens)
+        for rnd in range(rounds):
+            start = rnd * per_round
+            m = min(per_round, n - start)
+            sample_idx = torch.arange(start, start + m, dtype=torch.int64, device=device).repeat(B)  # [B*m]
+            row_seeds = seeds.to(device).repeat_interleave(m)
 
-        def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
-            offsets = sample_idx * max_new_tokens + step
-            return sampling.sample_tokens(logits, row_seeds, offsets, temperature=temperature, top_p=top_p)
+            def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
+                offsets = sample_idx * max_new_tokens + step
+                return sampling.sample_tokens(logits, row_seeds, offsets, temperature=temperature, top_p=top_p)
 
-        roll = engine.decode(model, ids.repeat_interleave(m, dim=0), mask.repeat_interleave(m, dim=0),
-                          max_new_tokens=max_new_tokens, eos_ids=eos, pad_id=pad, choose=choose)
-        texts, id_lists = encoding.response_texts(tokenizer, roll.tokens, roll.lengths, eos)
-        rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
-        best.update(rewards, texts, id_lists)
-        say(f"round {rnd + 1}/{rounds} ({start + m}/{n} samples): best "
-            + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
+            roll = encoded.decode(model, repeats=m, max_new_tokens=max_new_tokens, choose=choose)
+            texts, id_lists = encoded.responses(tokenizer, roll)
+            rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
+            best.update(rewards, texts, id_lists)
+            say(f"round {rnd + 1}/{rounds} ({start + m}/{n} samples): best "
+                + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     results = [

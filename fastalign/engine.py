@@ -11,13 +11,26 @@ perturbs its input, and the batched decode loop with the KV cache.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["Rollouts", "decode", "input_embedding", "output_head", "perturb_head_input"]
+__all__ = [
+    "ModelInterface",
+    "PromptCache",
+    "Rollouts",
+    "decode",
+    "eval_mode",
+    "fork_cache",
+    "input_embedding",
+    "model_interface",
+    "output_head",
+    "perturb_head_input",
+    "prefill",
+]
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -75,6 +88,155 @@ def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor
         handle.remove()
 
 
+# ---------------------------------------------------------------------------------------------
+# what the engine needs to know about a model
+# ---------------------------------------------------------------------------------------------
+#: Names under which a causal LM's forward takes its cache, newest first (transformers 5.x renames
+#: ``past_key_values`` to ``cache``; the 4.x Mamba family took ``cache_params``).
+CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
+
+
+@dataclass(frozen=True)
+class ModelInterface:
+    """How to call one model's forward for a decode step (found once per call by :func:`model_interface`).
+
+    cache_kwarg: the argument that takes the cache (and the output attribute that returns it);
+    position_ids, logits_to_keep: whether the forward takes them.
+    """
+
+    cache_kwarg: str
+    position_ids: bool
+    logits_to_keep: bool
+
+
+def _forward_params(model) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def model_interface(model) -> ModelInterface:
+    """Check that ``model`` is a causal LM that decodes incrementally and say how to call it.
+
+    Raises ``ValueError`` naming the model class and the reason for an encoder-decoder model, a model
+    that cannot generate (masked LMs, encoders), one without an output projection, and one whose
+    forward takes no cache (it could only re-read the whole sequence at every step).
+    """
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"model: {name} is an encoder-decoder model; fastalign decodes causal LMs "
+                         "(AutoModelForCausalLM, decoder-only)")
+    output_head(model)
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise ValueError(f"model: {name} cannot generate text (model.can_generate() is False); fastalign "
+                         "decodes causal LMs (AutoModelForCausalLM), not masked LMs or encoders")
+    params = _forward_params(model)
+    cache_kwarg = next((k for k in CACHE_KWARGS if k in params), None)
+    if cache_kwarg is None:
+        raise ValueError(f"model: {name}.forward takes no cache argument (none of {', '.join(CACHE_KWARGS)}), "
+                         "so it cannot decode incrementally")
+    return ModelInterface(cache_kwarg=cache_kwarg, position_ids="position_ids" in params,
+                          logits_to_keep="logits_to_keep" in params)
+
+
+def _returned_cache(out, api: ModelInterface):
+    cache = getattr(out, api.cache_kwarg, None)
+    if cache is None:  # an output class that kept the old field name
+        cache = next((getattr(out, k) for k in CACHE_KWARGS if getattr(out, k, None) is not None), None)
+    return cache
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the block with ``model`` in eval mode (no dropout) and restore each submodule's own
+    training flag afterwards, also when the block raises."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# ---------------------------------------------------------------------------------------------
+# the prompt cache: prefill once, fork for every batch of rollouts
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PromptCache:
+    """The model's cache after all but the last token of B left-padded prompts.
+
+    The last prompt token is fed by the first decode step of every rollout, so the logits of step 0
+    come from the model's own forward (through the head hook, with the model's post-processing) in
+    exactly the shape of every later step, while the rest of the prompt is computed once per call.
+
+    input_ids, attention_mask: ``[B, P]`` the prompts (left padded); cache: the model's cache of
+    ``input_ids[:, :-1]`` (None when P == 1).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: object | None
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+@torch.no_grad()
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+            api: ModelInterface | None = None) -> PromptCache:
+    """Run the model once over ``input_ids[:, :-1]`` (``[B, P]`` left-padded prompts) and keep its cache."""
+    api = api or model_interface(model)
+    mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+    if input_ids.shape[1] < 2:
+        return PromptCache(input_ids, mask, None)
+    kwargs = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}
+    if api.position_ids:
+        kwargs["position_ids"] = _position_ids(mask[:, :-1])
+    if api.logits_to_keep:
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    return PromptCache(input_ids, mask, _returned_cache(out, api))
+
+
+def fork_cache(cache, repeats: int):
+    """A new cache whose row ``b * repeats + i`` is row ``b`` of ``cache`` (``cache`` is left unchanged,
+    so it can be forked again). Works for every layer type of transformers' ``Cache`` (attention,
+    sliding-window, state-space/linear-attention, hybrids) through ``reorder_cache``."""
+    if cache is None:
+        return None
+    forked = copy.deepcopy(cache)
+    if repeats == 1:
+        return forked
+    rows = _cache_batch_size(cache)
+    index = torch.arange(rows).repeat_interleave(repeats)
+    reorder = getattr(forked, "reorder_cache", None)
+    if not callable(reorder):
+        raise ValueError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
+                         "(no reorder_cache)")
+    reorder(index)
+    return forked
+
+
+def _cache_batch_size(cache) -> int:
+    """Rows of a transformers cache (the first tensor found in its layers)."""
+    for layer in getattr(cache, "layers", []):
+        for attr in ("keys", "conv_states", "recurrent_states"):
+            value = getattr(layer, attr, None)
+            if isinstance(value, dict):
+                value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+    raise ValueError(f"model: cannot tell the batch size of its cache ({type(cache).__name__})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the decode loop
+# ---------------------------------------------------------------------------------------------
 @dataclass
 class Rollouts:
     """Output of :func:`decode` for N sequences.
@@ -90,11 +252,13 @@ class Rollouts:
     logits: torch.Tensor | None = None
 
 
-def _forward_kwargs(model) -> set[str]:
-    try:
-        return set(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
+def _scatter_rows(x: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
+    """``x [len(rows), ...]`` placed at ``rows`` of an ``[N, ...]`` zero tensor (``x`` itself when rows is None)."""
+    if rows is None:
+        return x
+    full = x.new_zeros((N, *x.shape[1:]))
+    full[rows] = x
+    return full
 
 
 @torch.no_grad()
@@ -102,68 +266,100 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
            eos_ids: Sequence[int], pad_id: int,
            choose: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
            transform: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
-           return_logits: bool = False) -> Rollouts:
-    """Decode ``N`` left-padded sequences together with the KV cache.
+           return_logits: bool = False, repeats: int = 1, prompt_cache: PromptCache | None = None,
+           eos_check_every: int | None = None, compact_below: float | None = None) -> Rollouts:
+    """Decode ``N = B * repeats`` rollouts of B left-padded prompts together, with the model's cache.
 
     Args:
-        input_ids, attention_mask: ``[N, P]`` left-padded prompts.
-        max_new_tokens: at most this many generated tokens per sequence.
+        input_ids, attention_mask: ``[B, P]`` left-padded prompts.
+        max_new_tokens: at most this many generated tokens per rollout.
         eos_ids: ids that end a rollout (it keeps its EOS token; later positions are padding).
-        pad_id: id fed to finished rollouts (masked out of nothing: their outputs are ignored).
+        pad_id: id fed to finished rollouts (their outputs are ignored).
         choose: ``choose(logits [N, V] float32, step, active [N] bool) -> [N]`` next ids
             (default: greedy argmax).
         transform: ``transform(h [N, d], step, active [N] bool) -> [N, d]`` applied to the output head's
-            input at the last position of each forward (see :func:`perturb_head_input`).
+            input at each decode step (see :func:`perturb_head_input`).
         return_logits: also return the logits of every step (``[N, T, V]`` float32).
+        repeats: rollouts per prompt; rollout ``b * repeats + i`` continues prompt ``b``.
+        prompt_cache: :func:`prefill` of these prompts, to reuse across calls (computed here if None);
+            it is forked, never modified.
+        eos_check_every: steps between checks whether rollouts have ended (a host sync on a GPU;
+            default 1 on CPU, 8 elsewhere). Ended rollouts cost padding steps until the next check.
+        compact_below: at a check, drop the ended rollouts from the running batch (their cache rows too)
+            once the active ones are at most this fraction of it; None keeps every row to the end.
+            ``choose`` and ``transform`` always see all N rows (ended ones as zeros).
 
-    Position ids are computed from the attention mask (so left padding does not shift positions) and
-    the head computes logits for the last position only (``logits_to_keep=1``) where supported.
+    Position ids come from the attention mask (left padding does not shift positions); the head
+    computes the last position only (``logits_to_keep=1``) where the model supports it.
     """
+    api = model_interface(model)
     device = input_ids.device
-    N = input_ids.shape[0]
-    accepted = _forward_kwargs(model)
+    if prompt_cache is None:
+        prompt_cache = prefill(model, input_ids, attention_mask, api=api)
+    B, P = prompt_cache.input_ids.shape
+    N, T = B * repeats, max_new_tokens
+    check_every = eos_check_every or (1 if device.type == "cpu" else 8)
     eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
-    mask = attention_mask.to(device=device, dtype=torch.long)
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    mask = torch.ones((N, P + T), dtype=torch.long, device=device)
+    mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
+    position = _position_ids(mask[:, :P])[:, -1:]
+    cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
+    cache = fork_cache(prompt_cache.cache, repeats)
     active = torch.ones(N, dtype=torch.bool, device=device)
-    lengths = torch.full((N,), max_new_tokens, dtype=torch.long, device=device)
-    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((N,), T, dtype=torch.long, device=device)
+    tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
+    pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
     all_logits = [] if return_logits else None
-    past = None
-    step_state = {"step": 0}
+    state = {"step": 0, "rows": None}  # rows: the rollout in each batch row once compacted (None: all N)
 
     def head_transform(h):
-        return transform(h, step_state["step"], active)
+        rows = state["rows"]
+        z = transform(_scatter_rows(h, rows, N), state["step"], active)
+        return z if rows is None else z[rows]
 
-    cur_ids = input_ids
-    cur_pos = position_ids
     with perturb_head_input(model, head_transform if transform is not None else None):
-        for step in range(max_new_tokens):
-            step_state["step"] = step
-            kwargs = {"input_ids": cur_ids, "attention_mask": mask, "use_cache": True}
-            if "position_ids" in accepted:
-                kwargs["position_ids"] = cur_pos
-            if past is not None:
-                kwargs["past_key_values"] = past
-            if "logits_to_keep" in accepted:
+        for step in range(T):
+            state["step"] = step
+            kwargs = {"input_ids": cur, "attention_mask": mask[:, :P + step], "use_cache": True}
+            if cache is not None:
+                kwargs[api.cache_kwarg] = cache
+            if api.position_ids:
+                kwargs["position_ids"] = position
+            if api.logits_to_keep:
                 kwargs["logits_to_keep"] = 1
             out = model(**kwargs)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            cache = _returned_cache(out, api)
+            logits = _scatter_rows(out.logits[:, -1, :].float(), state["rows"], N)
             if all_logits is not None:
                 all_logits.append(logits)
             nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
-            nxt = torch.where(active, nxt, torch.full_like(nxt, pad_id))
+            nxt = torch.where(active, nxt, pad)
             tokens[:, step] = nxt
             ended = active & torch.isin(nxt, eos)
-            lengths = torch.where(ended, torch.full_like(lengths, step + 1), lengths)
+            lengths = torch.where(ended, step + 1, lengths)
             active = active & ~ended
-            if not bool(active.any()):
-                tokens = tokens[:, : step + 1]
-                break
-            cur_ids = nxt.unsqueeze(-1)
-            cur_pos = cur_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((N, 1), dtype=mask.dtype, device=device)], dim=1)
-    lengths = lengths.clamp_max(tokens.shape[1])
-    logits_t = torch.stack(all_logits, dim=1) if all_logits is not None else None
-    return Rollouts(tokens=tokens, lengths=lengths, finished=~active, logits=logits_t)
+            if (step + 1) % check_every == 0:
+                n_active = int(active.sum())
+                if n_active == 0:
+                    tokens = tokens[:, : step + 1]
+                    break
+                running = N if state["rows"] is None else len(state["rows"])
+                if compact_below is not None and n_active <= compact_below * running:
+                    keep = _kept_batch_rows(active, state["rows"], N)
+                    cache.reorder_cache(keep)
+                    mask, position = mask[keep], position[keep]
+                    state["rows"] = active.nonzero().squeeze(1)
+            rows = state["rows"]
+            cur = (nxt if rows is None else nxt[rows]).unsqueeze(-1)
+            position = position + 1
+    logits_t = torch.stack(all_logits, dim=1)[:, : tokens.shape[1]] if all_logits is not None else None
+    return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t)
+
+
+def _kept_batch_rows(active: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
+    """Indices into the running batch (whose row j is rollout ``rows[j]``, or j) of the active rollouts."""
+    if rows is None:
+        return active.nonzero().squeeze(1)
+    where = torch.full((N,), -1, dtype=torch.long, device=active.device)
+    where[rows] = torch.arange(len(rows), device=active.device)
+    return where[active.nonzero().squeeze(1)]

@@ -89,11 +89,14 @@ def _as_int64(x, name: str, device=None) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.int64, device=device)
 
 
-def stream_words(seed, block) -> torch.Tensor:
-    """The four Philox words of counter block ``block`` (= k >> 2) under ``seed``: int64 ``[..., 4]``."""
+def stream_words(seed, block, *, check: bool = True) -> torch.Tensor:
+    """The four Philox words of counter block ``block`` (= k >> 2) under ``seed``: int64 ``[..., 4]``.
+
+    ``check=False`` skips the test for negative values (a host sync on a GPU), for callers that
+    validated them already."""
     block = _as_int64(block, "block")
     seed = _as_int64(seed, "seed", device=block.device)
-    if bool((seed < 0).any()) or bool((block < 0).any()):
+    if check and (bool((seed < 0).any()) or bool((block < 0).any())):
         raise ValueError("stream_words: seed and block must be >= 0")
     seed, block = torch.broadcast_tensors(seed, block)
     zero = torch.zeros_like(block)
@@ -123,15 +126,15 @@ def box_muller(ua: torch.Tensor, ub: torch.Tensor, dtype: torch.dtype = torch.fl
     return r * torch.cos(th), r * torch.sin(th)
 
 
-def uniform(seed, offset) -> torch.Tensor:
+def uniform(seed, offset, *, check: bool = True) -> torch.Tensor:
     """float32 uniforms of logical indices ``offset`` (int64 tensor) under ``seed`` (int or tensor).
 
     ``uniform(seed, k)`` is word ``k & 3`` of block ``k >> 2`` mapped to [0, 1), i.e. the value
-    ``tl.rand4x(seed, k >> 2)[k & 3]``.
+    ``tl.rand4x(seed, k >> 2)[k & 3]``. ``check=False``: see :func:`stream_words`.
     """
     offset = _as_int64(offset, "offset")
     seed, offset = torch.broadcast_tensors(_as_int64(seed, "seed", device=offset.device), offset)
-    words = stream_words(seed, offset >> 2)
+    words = stream_words(seed, offset >> 2, check=check)
     return uniform_from_words(torch.gather(words, -1, (offset & 3).unsqueeze(-1)).squeeze(-1))
 
 

@@ -58,15 +58,16 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tens
         before = probs.cumsum(dim=-1) - probs
         probs = torch.where(before < top_p, probs, torch.zeros_like(probs))
         probs = probs / probs.sum(dim=-1, keepdim=True)
-    u = rng.uniform(seeds.to(torch.int64).cpu(), offsets.to(torch.int64).cpu()).to(probs.device)
+    # the uniforms are computed where the logits are, with no host sync (seeds/offsets are >= 0 by construction)
+    u = rng.uniform(seeds.to(device=probs.device, dtype=torch.int64), offsets.to(device=probs.device, dtype=torch.int64),
+                    check=False)
     cdf = probs.double().cumsum(dim=-1)
     cdf = cdf / cdf[:, -1:]
     idx = torch.searchsorted(cdf, u.double().unsqueeze(-1), right=True).squeeze(-1)
     idx = idx.clamp(max=probs.shape[-1] - 1)
     # never pick a zero-probability token (possible only at the right edge through rounding)
     zero = probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) <= 0
-    if bool(zero.any()):
-        idx = torch.where(zero, probs.argmax(dim=-1), idx)
+    idx = torch.where(zero, probs.argmax(dim=-1), idx)
     if order is not None:
         idx = order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
     return idx

@@ -1,0 +1,196 @@
+"""The decode engine (fastalign/engine.py): one prefill per prompt forked to every rollout, decoding
+exactly like ``model.generate``, the lean loop's options (amortised EOS checks, compaction), eval mode,
+and the rejection of models it cannot decode."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import _tiny
+from fastalign import encoding, engine
+from fastalign.aisp import aisp_generate
+from fastalign.bon import bon_generate
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+T = 8
+
+
+def _prompts(tok=None):
+    return encoding.encode_prompts(tok or _tiny.tokenizer(), _tiny.PROMPTS)
+
+
+def _generate(model, ids, mask, max_new_tokens=T):
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=1, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1).float()
+
+
+def _assert_same_rollouts(a: engine.Rollouts, b: engine.Rollouts):
+    assert torch.equal(a.lengths, b.lengths)
+    for r in range(a.tokens.shape[0]):
+        n = int(a.lengths[r])
+        assert a.tokens[r, :n].tolist() == b.tokens[r, :n].tolist(), r
+
+
+@pytest.mark.parametrize("arch", _tiny.ARCHES)
+def test_forked_prompt_cache_decodes_like_generate_on_repeated_prompts(arch):
+    """Prefill B prompts once, fork to B*n rows: the tokens equal model.generate on the B*n repeated
+    prompts and the logits agree to rounding (the last prompt token runs as a decode step here)."""
+    model = _tiny.model(arch)
+    ids, mask = _prompts()
+    n = 3
+    pc = engine.prefill(model, ids, mask)
+    roll = engine.decode(model, ids, mask, max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=n, prompt_cache=pc,
+                         return_logits=True)
+    ref_tokens, ref_logits = _generate(model, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0))
+    for r in range(roll.tokens.shape[0]):
+        k = int(roll.lengths[r])
+        assert roll.tokens[r, :k].tolist() == ref_tokens[r, :k].tolist(), r
+        torch.testing.assert_close(roll.logits[r, :k], ref_logits[r, :k], rtol=1e-4, atol=1e-4)
+
+
+def test_the_prompt_cache_is_not_modified_by_decoding():
+    model = _tiny.model("llama")
+    ids, mask = _prompts()
+    pc = engine.prefill(model, ids, mask)
+    before = [t.clone() for layer in pc.cache.layers for t in (layer.keys, layer.values)]
+    first = engine.decode(model, ids, mask, max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=2, prompt_cache=pc)
+    after = [t for layer in pc.cache.layers for t in (layer.keys, layer.values)]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+    again = engine.decode(model, ids, mask, max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=2, prompt_cache=pc)
+    _assert_same_rollouts(first, again)
+
+
+def test_single_token_prompts_need_no_prefill():
+    model = _tiny.model("llama")
+    ids, mask = encoding.encode_prompts(_tiny.tokenizer(), ["w4", "w9"])
+    assert ids.shape[1] == 1
+    pc = engine.prefill(model, ids, mask)
+    assert pc.cache is None
+    roll = engine.decode(model, ids, mask, max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=2, prompt_cache=pc)
+    ref, _ = _generate(model, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+    assert roll.tokens.tolist() == ref[:, :roll.tokens.shape[1]].tolist()
+
+
+def _ending_rollouts(**kwargs):
+    """4 sampled rollouts per prompt (hot temperature, fastalign stream) with five EOS ids, so they end
+    at many different steps."""
+    from fastalign import sampling
+
+    model = _tiny.model("llama", seed=3)
+    ids, mask = _prompts()
+    seeds = torch.arange(ids.shape[0] * 4)
+
+    def choose(logits, step, active):
+        return sampling.sample_tokens(logits, seeds, torch.full_like(seeds, step), temperature=3.0)
+
+    return engine.decode(model, ids, mask, max_new_tokens=24, eos_ids=[1, 5, 9, 13, 17], pad_id=0, repeats=4,
+                         choose=choose, return_logits=True, **kwargs)
+
+
+def test_compacting_ended_rollouts_changes_nothing():
+    plain = _ending_rollouts()
+    ends = plain.lengths[plain.finished]
+    assert plain.finished.any() and not plain.finished.all() and len(set(ends.tolist())) > 2, \
+        "the fixture must end rollouts at several different steps"
+    for compact_below in (1.0, 0.75):
+        compacted = _ending_rollouts(compact_below=compact_below)
+        _assert_same_rollouts(plain, compacted)
+        assert torch.equal(plain.finished, compacted.finished)
+        for r in range(plain.tokens.shape[0]):  # logits agree while a rollout runs
+            k = int(plain.lengths[r])
+            torch.testing.assert_close(compacted.logits[r, :k], plain.logits[r, :k], rtol=1e-5, atol=1e-5)
+
+
+def test_amortised_eos_checks_change_nothing():
+    plain = _ending_rollouts()
+    sparse = _ending_rollouts(eos_check_every=5)
+    _assert_same_rollouts(plain, sparse)
+    assert torch.equal(plain.finished, sparse.finished)
+
+
+def test_decode_passes_the_cache_under_the_name_the_model_takes():
+    """transformers 5.x renamed past_key_values to cache: no deprecation warning from the engine."""
+    model = _tiny.model("llama")
+    ids, mask = _prompts()
+    api = engine.model_interface(model)
+    assert api.cache_kwarg in engine.CACHE_KWARGS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        engine.decode(model, ids, mask, max_new_tokens=3, eos_ids=[1], pad_id=0, repeats=2)
+
+
+# --- eval mode -------------------------------------------------------------------------------------
+
+def _train_mode_gpt2():
+    from transformers import AutoModelForCausalLM
+
+    cfg = _tiny.config("gpt2")
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.5
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")  # from_config: train mode
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 1, 0
+    model.train()
+    model.transformer.h[0].eval()  # a submodule the caller set differently must keep its own mode
+    return model
+
+
+@pytest.mark.parametrize("method", ["aisp", "bon"])
+def test_methods_run_in_eval_mode_and_restore_the_callers_modes(method):
+    model, tok = _train_mode_gpt2(), _tiny.tokenizer()
+    modes = {name: m.training for name, m in model.named_modules()}
+    run = (lambda: aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), n=3, iterations=2,
+                                 max_new_tokens=5, backend="torch", progress=False)) if method == "aisp" else \
+        (lambda: bon_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), n=4, max_new_tokens=5,
+                              progress=False))
+    first, second = run(), run()
+    assert [r.response for r in first] == [r.response for r in second]  # dropout off: deterministic
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_the_callers_mode_is_restored_when_the_reward_raises():
+    model, tok = _train_mode_gpt2(), _tiny.tokenizer()
+    modes = {name: m.training for name, m in model.named_modules()}
+
+    def broken(prompts, responses):
+        raise RuntimeError("reward service down")
+
+    with pytest.raises(RuntimeError, match="reward service down"):
+        aisp_generate(model, tok, "w1 w2", broken, n=2, iterations=1, max_new_tokens=3, backend="torch",
+                      progress=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+# --- models the engine rejects -------------------------------------------------------------------
+
+def _rejected_models():
+    import transformers as T
+
+    small = dict(vocab_size=_tiny.VOCAB_SIZE, pad_token_id=0)
+    torch.manual_seed(0)
+    return [
+        (T.T5ForConditionalGeneration(T.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+                                                 decoder_start_token_id=0, **small)), "encoder-decoder"),
+        (T.BertForMaskedLM(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, **small)), "cannot generate"),
+        (T.AutoModel.from_config(_tiny.config("llama")), "output projection"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_models_that_cannot_decode_are_rejected_before_any_work(index):
+    model, reason = _rejected_models()[index]
+    calls = []
+
+    def reward(prompts, responses):
+        calls.append(responses)
+        return [0.0] * len(responses)
+
+    with pytest.raises(ValueError, match=f"model: .*{reason}") as info:
+        aisp_generate(model, _tiny.tokenizer(), "w1", reward, n=2, iterations=1, max_new_tokens=2, progress=False)
+    assert type(model).__name__ in str(info.value) or reason == "output projection"
+    assert not calls
