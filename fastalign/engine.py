@@ -203,35 +203,21 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     return PromptCache(input_ids, mask, _returned_cache(out, api))
 
 
-def fork_cache(cache, repeats: int):
-    """A new cache whose row ``b * repeats + i`` is row ``b`` of ``cache`` (``cache`` is left unchanged,
-    so it can be forked again). Works for every layer type of transformers' ``Cache`` (attention,
-    sliding-window, state-space/linear-attention, hybrids) through ``reorder_cache``."""
+def fork_cache(cache, rows: int, repeats: int):
+    """A new cache whose row ``b * repeats + i`` is row ``b`` of ``cache`` (``rows`` rows; ``cache`` is left
+    unchanged, so it can be forked again). Works for every layer type of transformers' ``Cache``
+    (attention, sliding-window, state-space/linear-attention, hybrids) through ``reorder_cache``."""
     if cache is None:
         return None
     forked = copy.deepcopy(cache)
     if repeats == 1:
         return forked
-    rows = _cache_batch_size(cache)
-    index = torch.arange(rows).repeat_interleave(repeats)
     reorder = getattr(forked, "reorder_cache", None)
     if not callable(reorder):
         raise ValueError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
-                         "(no reorder_cache)")
-    reorder(index)
+                         "(it has no reorder_cache)")
+    reorder(torch.arange(rows).repeat_interleave(repeats))
     return forked
-
-
-def _cache_batch_size(cache) -> int:
-    """Rows of a transformers cache (the first tensor found in its layers)."""
-    for layer in getattr(cache, "layers", []):
-        for attr in ("keys", "conv_states", "recurrent_states"):
-            value = getattr(layer, attr, None)
-            if isinstance(value, dict):
-                value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                return int(value.shape[0])
-    raise ValueError(f"model: cannot tell the batch size of its cache ({type(cache).__name__})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +290,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
     position = _position_ids(mask[:, :P])[:, -1:]
     cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
-    cache = fork_cache(prompt_cache.cache, repeats)
+    cache = fork_cache(prompt_cache.cache, B, repeats)
     active = torch.ones(N, dtype=torch.bool, device=device)
     lengths = torch.full((N,), T, dtype=torch.long, device=device)
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)

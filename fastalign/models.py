@@ -44,6 +44,9 @@ __all__ = [
     "load_reward",
     "require",
     "check_source",
+    "check_reward_model",
+    "load_reward_model",
+    "load_reward_fn",
 ]
 
 #: Names accepted by :func:`load_model` / :func:`load_reward` for the embedded defaults.
@@ -356,3 +359,78 @@ def load_reward(name_or_path: str | None = None, *, target: str = DEFAULT_TARGET
 def load_default_reward(target: str = DEFAULT_TARGET, *, device=None):
     """The default reward: all-MiniLM-L6-v2 cosine similarity with ``target``."""
     return load_reward(None, target=target, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# rewards from the command line: a sequence classifier, or a Python callable
+# ---------------------------------------------------------------------------------------------
+def _classifier_config(name_or_path: str, what: str):
+    """The config of a sequence-classification model given by local directory or cached hub id."""
+    require("transformers", f"{what} (a sequence-classification reward model)")
+    from transformers import AutoConfig
+
+    path = _resolve_local(name_or_path, what)
+    if path is not None and not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{what}: {name_or_path!r} is not a model directory (no config.json)")
+    config = _load_hub(lambda n: AutoConfig.from_pretrained(n), str(path or name_or_path), what)
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(f"{what}: {name_or_path!r} is a {', '.join(archs)}, not a sequence-classification "
+                         "reward model (AutoModelForSequenceClassification)")
+    return config
+
+
+def check_reward_model(name_or_path: str, *, label_index: int | None = None, what: str = "--reward-model") -> None:
+    """Fail fast, before the policy loads: the reward model must exist here (local directory or cached
+    hub id), be a sequence classifier, and have a scalar head unless ``label_index`` names a label."""
+    config = _classifier_config(name_or_path, what)
+    num_labels = int(getattr(config, "num_labels", 1))
+    if label_index is None and num_labels != 1:
+        raise ValueError(f"{what}: {name_or_path!r} has {num_labels} labels; name the one to reward with "
+                         f"--reward-label (0..{num_labels - 1})")
+    if label_index is not None and not 0 <= label_index < num_labels:
+        raise ValueError(f"--reward-label: expected 0..{num_labels - 1} for {name_or_path!r}, got {label_index}")
+
+
+def load_reward_model(name_or_path: str, *, label_index: int | None = None, device=None):
+    """A :class:`fastalign.rewards.SequenceClassifierReward` on any ``AutoModelForSequenceClassification``
+    (local directory or hub id available offline): the logit of ``label_index`` (or the scalar head)."""
+    check_reward_model(name_or_path, label_index=label_index)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fastalign.rewards import SequenceClassifierReward
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+    return SequenceClassifierReward(model, tokenizer, label_index=label_index, device=device)
+
+
+def load_reward_fn(spec: str, *, what: str = "--reward-fn"):
+    """The callable named by ``"module:function"`` or ``"path/to/file.py:function"``: a reward
+    ``f(prompts, responses) -> [N]`` (or an object with ``__call__``). Imported, not called."""
+    import importlib
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{what}: expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise ModelNotFoundError(f"{what}: {module_name!r} does not exist")
+            loaded = importlib.util.spec_from_file_location(f"fastalign_user_reward_{path.stem}", path)
+            module = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:  # an import error inside the user's module is reported, one line
+        raise ValueError(f"{what}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ValueError(f"{what}: {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ValueError(f"{what}: {spec!r} is a {type(fn).__name__}, not a callable reward f(prompts, responses)")
+    return fn
