@@ -30,6 +30,7 @@ is a sensible scale whatever the reward); the default keeps the paper's raw form
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -38,7 +39,10 @@ from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
-__all__ = ["aisp_generate", "standardize_rewards"]
+__all__ = ["aisp_generate", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA"]
+
+#: Default noise std (see the ``sigma`` argument of :func:`aisp_generate` on std vs variance).
+DEFAULT_SIGMA = 0.5
 
 
 def standardize_rewards(rewards: torch.Tensor) -> torch.Tensor:
@@ -77,28 +81,81 @@ def _update_control(u, rewards, lengths, udot, *, normalize_rewards, sigma, lam,
     return u_new
 
 
-def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float = 0.5,
-                  lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None, max_new_tokens: int = 128,
-                  normalize_rewards: bool = False, seed=0, backend: str | None = None,
-                  chat_template: bool | None = None, with_base: bool = False, progress: bool = True):
+def resolve_sigma(sigma: float | None, variance: float | None, default: float) -> float:
+    """The noise std from ``sigma`` (a std) or ``variance`` (sigma**2); ``default`` (a std) when neither."""
+    if sigma is not None and variance is not None:
+        raise ValueError(f"sigma, variance: give the noise scale once, as a std (sigma) or as a variance, "
+                         f"got sigma={sigma} and variance={variance}")
+    if variance is not None:
+        return math.sqrt(_common.check_float(variance, "variance", positive=True))
+    return _common.check_float(default if sigma is None else sigma, "sigma", positive=True)
+
+
+class _Perturbation:
+    """The head transform of one AISP call: ``z = h + u[:, step] + sigma * eps`` for the ``n`` rollouts of
+    each prompt at the current iteration, accumulating ``udot`` for the update (``[B, n]``)."""
+
+    def __init__(self, u: torch.Tensor, n: int, sigma: float, seeds: torch.Tensor, backend):
+        self.u, self.n, self.sigma, self.seeds, self.backend = u, n, sigma, seeds, backend
+        B = u.shape[0]
+        self.udot = torch.zeros(B, n, dtype=torch.float32, device=u.device)
+        self.iteration = 0
+
+    def start(self, iteration: int, u: torch.Tensor) -> None:
+        """Reset for an iteration that decodes around the control ``u``."""
+        self.iteration, self.u = iteration, u
+        self.udot.zero_()
+
+    def __call__(self, h: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
+        B, tau, d = self.u.shape
+        if step >= tau:
+            return h
+        z = ops.aisp_perturb(h.reshape(B, self.n, d), self.u, sigma=self.sigma, seed=self.seeds,
+                             iteration=self.iteration, step=step, udot=self.udot, active=active.view(B, self.n),
+                             backend=self.backend)
+        return z.view(B * self.n, d)
+
+
+def _mean_control(u: torch.Tensor):
+    """The noise-free head transform ``z = h + u[:, step]`` (one rollout per prompt)."""
+    tau = u.shape[1]
+
+    def shift(h, step, active):
+        return h if step >= tau else h + u[:, step].to(h.dtype)
+
+    return shift
+
+
+def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float | None = None,
+                  variance: float | None = None, lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None,
+                  max_new_tokens: int = 128, normalize_rewards: bool = False, mean_rollout: bool = False,
+                  final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
+                  with_base: bool = False, progress: bool = True):
     """Align responses to ``prompts`` with AISP.
 
     Args:
-        model: a Hugging Face causal LM (anything with ``get_output_embeddings()``; Llama, Qwen2, GPT-2,
-            Gemma(-2) and the like). Used in eval mode, under ``torch.no_grad``.
+        model: a Hugging Face causal LM (anything :func:`fastalign.engine.model_interface` accepts). Run in
+            eval mode (the caller's modes are restored afterwards), under ``torch.no_grad``.
         tokenizer: its tokenizer. Prompts go through its chat template when it has one
             (``chat_template=False`` to feed raw text).
         prompts: a string or a list of B strings.
         reward: ``reward(prompts, responses) -> [N]`` (see :mod:`fastalign.rewards`).
         n: rollouts per prompt and iteration (paper: 32).
         iterations: K, number of importance-sampling iterations (paper: 32).
-        sigma: noise scale on the pre-logits (paper's best: 0.5).
+        sigma: noise std on the pre-logits. The paper's "sigma = 0.5" is read by third-party reruns as a
+            *variance* (std 0.71); give ``variance=0.5`` for that reading. Default: std 0.5.
+        variance: the noise scale as a variance (``sigma = sqrt(variance)``); not together with ``sigma``.
         lam: temperature of the importance weights ``softmax(r / lam - ...)`` (paper: 0.3); see the
             module docstring on reward scale.
         alpha: prior strength in the weights, ``(1 - alpha)/sigma * udot`` (paper: 0.999).
-        horizon: tau, number of leading decode steps that are controlled (default: ``max_new_tokens``).
+        horizon: tau, number of leading decode steps that are controlled (default: ``max_new_tokens``;
+            reviewers read the paper as using a window shorter than the response).
         max_new_tokens: generation length limit; EOS ends a rollout earlier.
         normalize_rewards: z-score each prompt's n rewards before dividing by ``lam``.
+        mean_rollout: after the last update, also decode the noise-free mean control ``h + u`` greedily
+            and keep it as a candidate (one more reward call per prompt), as a reimplementation does.
+        final_samples: after the last update, also decode this many rollouts around the learned mean
+            (fresh noise) as candidates (counted in ``reward_calls``; no update follows).
         seed: int, or one int per prompt; each prompt's stream seed hashes it with the prompt text.
         backend: fused-op backend (None: ``$FASTALIGN_BACKEND``, else ``"auto"``).
         with_base: also decode the greedy unperturbed response and score it (``base_response``,
@@ -107,17 +164,19 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
     Returns:
         :class:`fastalign.results.AlignResult` for a single prompt string, else a list of them (one per
-        prompt): best response over all ``n * iterations`` rollouts, its reward, the per-iteration
-        reward trace (mean and max over the n rollouts), ``reward_calls = n * iterations``, wall-clock.
+        prompt): best response over every candidate, its reward, the per-round reward trace (mean and
+        max over each round's candidates), ``reward_calls = n * iterations + mean_rollout +
+        final_samples``, wall-clock.
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
     n = _common.check_int(n, "n")
     iterations = _common.check_int(iterations, "iterations")
     max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
-    sigma = _common.check_float(sigma, "sigma", positive=True)
+    sigma = resolve_sigma(sigma, variance, DEFAULT_SIGMA)
     lam = _common.check_float(lam, "lam", positive=True)
     alpha = _common.check_float(alpha, "alpha", lo=0.0, hi=1.0)
+    final_samples = _common.check_int(final_samples, "final_samples", lo=0)
     tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
     if tau > max_new_tokens:
         raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
@@ -125,7 +184,6 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
     head = engine.output_head(model)
-    d = _head_width(head)
     device = head.weight.device
     _common.check_backend(backend, device)
     say = _common.Progress(progress, "aisp")
@@ -133,46 +191,51 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
     B = len(prompts)
     seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64, device=device)
-    prompts_rep = [p for p in prompts for _ in range(n)]
+    best = BestSoFar(B)
+
+    def score(roll: engine.Rollouts, repeats: int) -> torch.Tensor:
+        texts, id_lists = encoded.responses(tokenizer, roll)
+        rewards = call_reward(reward, [p for p in prompts for _ in range(repeats)], texts).view(B, repeats)
+        best.update(rewards, texts, id_lists)
+        return rewards
+
     with engine.eval_mode(model):
         encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
         base_texts = base_rewards = None
         if with_base:
             base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
                                                                max_new_tokens=max_new_tokens)
-
-        u = torch.zeros(B, tau, d, dtype=torch.float32, device=device)
-        best = BestSoFar(B)
+        u = torch.zeros(B, tau, _head_width(head), dtype=torch.float32, device=device)
+        perturb = _Perturbation(u, n, sigma, seeds, backend)
         for it in range(iterations):
-            udot = torch.zeros(B, n, dtype=torch.float32, device=device)
-
-            def perturb(h, step, active, it=it, udot=udot):
-                if step >= tau:
-                    return h
-                z = ops.aisp_perturb(h.reshape(B, n, d), u, sigma=sigma, seed=seeds, iteration=it, step=step,
-                                     udot=udot, active=active.view(B, n), backend=backend)
-                return z.view(B * n, d)
-
+            perturb.start(it, u)
             roll = encoded.decode(model, repeats=n, max_new_tokens=max_new_tokens, transform=perturb)
-            texts, id_lists = encoded.responses(tokenizer, roll)
-            rewards = call_reward(reward, prompts_rep, texts).view(B, n)
+            rewards = score(roll, n)
             lengths = roll.lengths.clamp_max(tau).view(B, n).to(device)
-            u = _update_control(u, rewards, lengths, udot, normalize_rewards=normalize_rewards, sigma=sigma,
+            u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=normalize_rewards, sigma=sigma,
                                 lam=lam, alpha=alpha, seeds=seeds, iteration=it, backend=backend)
-            best.update(rewards, texts, id_lists)
             say(f"iteration {it + 1}/{iterations}: mean reward "
                 + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-                + ", ".join(fmt(best.reward[b]) for b in range(B))
-                + f" ({time.perf_counter() - t0:.1f} s)")
+                + ", ".join(fmt(best.reward[b]) for b in range(B)) + f" ({time.perf_counter() - t0:.1f} s)")
+        if final_samples:
+            final = _Perturbation(u, final_samples, sigma, seeds, backend)
+            # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise
+            final.start(-(-iterations * n // final_samples), u)
+            score(encoded.decode(model, repeats=final_samples, max_new_tokens=max_new_tokens, transform=final),
+                  final_samples)
+        if mean_rollout:
+            score(encoded.decode(model, max_new_tokens=max_new_tokens, transform=_mean_control(u)), 1)
 
     seconds = time.perf_counter() - t0
+    reward_calls = n * iterations + final_samples + int(bool(mean_rollout))
     results = [
         best.result(
-            b, prompt=prompts[b], method="aisp", reward_calls=n * iterations, seconds=seconds,
+            b, prompt=prompts[b], method="aisp", reward_calls=reward_calls, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
             extra={"n": n, "iterations": iterations, "sigma": sigma, "lam": lam, "alpha": alpha, "horizon": tau,
-                   "normalize_rewards": bool(normalize_rewards), "stream_seed": int(seeds[b])},
+                   "normalize_rewards": bool(normalize_rewards), "mean_rollout": bool(mean_rollout),
+                   "final_samples": final_samples, "stream_seed": int(seeds[b])},
         )
         for b in range(B)
     ]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
+import typing
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -100,13 +102,18 @@ CACHE_KWARGS = ("cache", "past_key_values", "cache_params")
 class ModelInterface:
     """How to call one model's forward for a decode step (found once per call by :func:`model_interface`).
 
-    cache_kwarg: the argument that takes the cache (and the output attribute that returns it);
-    position_ids, logits_to_keep: whether the forward takes them.
+    cache_kwarg: the argument that takes the cache (and the output field that returns it);
+    position_ids, logits_to_keep: whether the forward takes them;
+    mask_on_decode: whether decode steps pass the attention mask. Not for a purely recurrent cache
+    (every layer a state-space/linear-attention layer: Mamba, Mamba2, FalconMamba), whose forward
+    would broadcast a ``[N, L]`` mask over a one-token step and decode wrongly, with no error (their
+    ``prepare_inputs_for_generation`` drops it too); hybrids keep it (their attention layers read it).
     """
 
     cache_kwarg: str
     position_ids: bool
     logits_to_keep: bool
+    mask_on_decode: bool = True
 
 
 def _forward_params(model) -> dict[str, inspect.Parameter]:
@@ -116,12 +123,45 @@ def _forward_params(model) -> dict[str, inspect.Parameter]:
         return {}
 
 
+def _returns_a_cache(model) -> bool:
+    """Whether the output dataclass(es) of the forward's return annotation have a cache field (True
+    when the annotation names none: then only a forward can tell, see :func:`prefill`)."""
+    try:
+        annotation = inspect.signature(model.forward).return_annotation
+    except (TypeError, ValueError):
+        return True
+    if isinstance(annotation, str):  # postponed annotations: resolve against the model's module
+        try:
+            annotation = typing.get_type_hints(model.forward).get("return", annotation)
+        except Exception:  # noqa: BLE001 - unresolvable: a forward will tell
+            return True
+    outs = [a for a in (typing.get_args(annotation) or (annotation,))
+            if isinstance(a, type) and dataclasses.is_dataclass(a)]
+    return not outs or any(f.name in CACHE_KWARGS for o in outs for f in dataclasses.fields(o))
+
+
+def _purely_recurrent(model) -> bool:
+    """Every layer of the model's default cache is a state-space/linear-attention layer (Mamba family)."""
+    try:
+        from transformers import DynamicCache, cache_utils
+
+        config = model.config.get_text_config(decoder=True)
+        layers = DynamicCache(config=config).layers
+    except Exception:  # noqa: BLE001 - an older transformers or an unusual config: keep the mask
+        return False
+    linear = getattr(cache_utils, "LinearAttentionCacheLayerMixin", None)
+    if linear is None or not layers:
+        return False
+    return all(isinstance(x, linear) and not isinstance(x, cache_utils.CacheLayerMixin) for x in layers)
+
+
 def model_interface(model) -> ModelInterface:
     """Check that ``model`` is a causal LM that decodes incrementally and say how to call it.
 
-    Raises ``ValueError`` naming the model class and the reason for an encoder-decoder model, a model
-    that cannot generate (masked LMs, encoders), one without an output projection, and one whose
-    forward takes no cache (it could only re-read the whole sequence at every step).
+    Raises ``ValueError`` naming the model class and the reason, before any forward, for: an
+    encoder-decoder model (T5); a model without an output projection; one that cannot generate (masked
+    LMs such as BERT); one whose forward takes no cache (RWKV keeps its state in ``state=``); one whose
+    output carries no cache (RecurrentGemma keeps its state inside its modules, so it cannot be forked).
     """
     name = type(model).__name__
     config = getattr(model, "config", None)
@@ -138,15 +178,21 @@ def model_interface(model) -> ModelInterface:
     if cache_kwarg is None:
         raise ValueError(f"model: {name}.forward takes no cache argument (none of {', '.join(CACHE_KWARGS)}), "
                          "so it cannot decode incrementally")
+    if not _returns_a_cache(model):
+        raise ValueError(f"model: {name}.forward returns no cache (its state lives inside its modules), so "
+                         "its prompt state cannot be forked to several rollouts")
     return ModelInterface(cache_kwarg=cache_kwarg, position_ids="position_ids" in params,
-                          logits_to_keep="logits_to_keep" in params)
+                          logits_to_keep="logits_to_keep" in params, mask_on_decode=not _purely_recurrent(model))
 
 
 def _returned_cache(out, api: ModelInterface):
-    cache = getattr(out, api.cache_kwarg, None)
-    if cache is None:  # an output class that kept the old field name
-        cache = next((getattr(out, k) for k in CACHE_KWARGS if getattr(out, k, None) is not None), None)
-    return cache
+    """The cache a forward returned, under whichever field name its output class has (never through a
+    deprecated alias property, which would warn)."""
+    keys = out.keys() if hasattr(out, "keys") else ()
+    for name in (api.cache_kwarg, *CACHE_KWARGS):
+        if name in keys and out[name] is not None:
+            return out[name]
+    return None
 
 
 @contextlib.contextmanager
@@ -200,7 +246,11 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     if api.logits_to_keep:
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
-    return PromptCache(input_ids, mask, _returned_cache(out, api))
+    cache = _returned_cache(out, api)
+    if cache is None:
+        raise ValueError(f"model: {type(model).__name__} returned no cache from a forward with use_cache=True, "
+                         "so it cannot decode incrementally")
+    return PromptCache(input_ids, mask, cache)
 
 
 def fork_cache(cache, rows: int, repeats: int):
@@ -306,7 +356,9 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     with perturb_head_input(model, head_transform if transform is not None else None):
         for step in range(T):
             state["step"] = step
-            kwargs = {"input_ids": cur, "attention_mask": mask[:, :P + step], "use_cache": True}
+            kwargs = {"input_ids": cur, "use_cache": True}
+            if api.mask_on_decode or cache is None:  # the first forward of an unprefilled batch takes it
+                kwargs["attention_mask"] = mask[:, :P + step]
             if cache is not None:
                 kwargs[api.cache_kwarg] = cache
             if api.position_ids:

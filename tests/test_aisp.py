@@ -268,3 +268,81 @@ def test_bad_prompts_and_reward_raise():
         aisp_generate(model, tok, ["w1", 3], _tiny.count_reward(), **SMALL)
     with pytest.raises(TypeError, match="reward"):
         aisp_generate(model, tok, "w1", "not callable", **SMALL)
+
+
+# --- options of the study (issue: AISP against Best-of-N) ------------------------------------------
+
+def test_sigma_as_a_std_or_as_a_variance():
+    from fastalign.aisp import resolve_sigma
+
+    assert resolve_sigma(None, None, 0.5) == 0.5
+    assert resolve_sigma(0.3, None, 0.5) == 0.3
+    assert resolve_sigma(None, 0.5, 0.5) == pytest.approx(0.5 ** 0.5)
+    with pytest.raises(ValueError, match="sigma, variance"):
+        resolve_sigma(0.3, 0.5, 0.5)
+    with pytest.raises(ValueError, match="variance"):
+        resolve_sigma(None, -1.0, 0.5)
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    a = aisp_generate(model, tok, "w1 w2", _tiny.count_reward(), backend="torch",
+                      **dict(SMALL, sigma=None, variance=0.25))
+    b = aisp_generate(model, tok, "w1 w2", _tiny.count_reward(), backend="torch", **dict(SMALL, sigma=0.5))
+    assert a.extra["sigma"] == 0.5 and a.response_ids == b.response_ids and a.trace == b.trace
+
+
+def test_mean_control_rollout_is_greedy_decoding_of_the_shifted_head_input():
+    from fastalign.aisp import _mean_control
+
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    ids, mask = encoding.encode_prompts(tok, _tiny.PROMPTS[:3])
+    u = torch.randn(3, 4, _tiny.HIDDEN, generator=torch.Generator().manual_seed(1)) * 2.0
+    roll = engine.decode(model, ids, mask, max_new_tokens=6, eos_ids=[1], pad_id=0, transform=_mean_control(u))
+    # reference: step by step with the full sequence (no cache), shifting the last hidden state by u[:, t]
+    seq, m = ids.clone(), mask.clone()
+    for t in range(roll.tokens.shape[1]):
+        with torch.no_grad():
+            h = model.model(input_ids=seq, attention_mask=m,
+                            position_ids=(m.cumsum(-1) - 1).clamp_min(0)).last_hidden_state[:, -1]
+            logits = model.lm_head(h + (u[:, t] if t < 4 else 0.0))
+        nxt = logits.argmax(-1)
+        for b in range(3):
+            if t < int(roll.lengths[b]):
+                assert int(roll.tokens[b, t]) == int(nxt[b]), (b, t)
+        seq = torch.cat([seq, roll.tokens[:, t:t + 1]], dim=1)
+        m = torch.cat([m, torch.ones(3, 1, dtype=m.dtype)], dim=1)
+
+
+def test_mean_rollout_and_final_samples_are_counted_candidates():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    res = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), backend="torch", mean_rollout=True,
+                        final_samples=3, **SMALL)
+    for r in res:
+        assert r.reward_calls == SMALL["n"] * SMALL["iterations"] + 3 + 1
+        assert len(r.trace_mean) == SMALL["iterations"] + 2  # the final batch, then the mean rollout
+        assert r.trace_mean[-1] == r.trace_max[-1]  # one candidate
+        assert r.reward == max(r.trace_max)
+    plain = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), backend="torch", **SMALL)
+    for r, p in zip(res, plain):  # the iterations themselves are unchanged by the extra candidates
+        assert r.trace_mean[:SMALL["iterations"]] == p.trace_mean
+
+
+def test_final_samples_draw_noise_past_every_iteration(monkeypatch):
+    """The final batch's stream block starts at or after the end of the last iteration's noise, so its
+    noise is fresh (never a copy of an earlier rollout's)."""
+    from fastalign import aisp as aisp_mod
+
+    calls = []
+    real = aisp_mod.ops.aisp_perturb
+
+    def recording(h, u, **kw):
+        calls.append((h.shape[1], u.shape[1], u.shape[2], kw["iteration"]))
+        return real(h, u, **kw)
+
+    monkeypatch.setattr(aisp_mod.ops, "aisp_perturb", recording)
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    K, n = SMALL["iterations"], SMALL["n"]
+    for f in (1, 3, 9):
+        calls.clear()
+        aisp_generate(model, tok, "w1 w2", _tiny.count_reward(), backend="torch", final_samples=f, **SMALL)
+        ends = [(it + 1) * rows * tau * d for rows, tau, d, it in calls if rows == n]
+        starts = [it * rows * tau * d for rows, tau, d, it in calls if rows == f and f != n]
+        assert starts and min(starts) >= max(ends), (f, starts, ends)

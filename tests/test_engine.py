@@ -3,11 +3,13 @@ exactly like ``model.generate``, the lean loop's options (amortised EOS checks, 
 and the rejection of models it cannot decode."""
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
 import torch
 
+import _archs
 import _tiny
 from fastalign import encoding, engine
 from fastalign.aisp import aisp_generate
@@ -165,32 +167,91 @@ def test_the_callers_mode_is_restored_when_the_reward_raises():
     assert {name: m.training for name, m in model.named_modules()} == modes
 
 
+# --- every architecture ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", _archs.CAUSAL_ARCHS)
+def test_every_architecture_decodes_like_generate_from_a_forked_prompt_cache(arch):
+    """Attention, sliding-window, hybrid sliding/global, soft-capped, MoE, MLA, tied, state-space (Mamba
+    family) and attention+state-space hybrids: greedy rollouts from a prompt cache prefilled once and
+    forked equal model.generate on the repeated prompts, with no deprecation warning."""
+    model = _archs.model(arch)
+    ids, mask = _prompts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        roll = engine.decode(model, ids, mask, max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=2,
+                             return_logits=True)
+    ref_tokens, ref_logits = _generate(model, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+    for r in range(roll.tokens.shape[0]):
+        k = int(roll.lengths[r])
+        assert roll.tokens[r, :k].tolist() == ref_tokens[r, :k].tolist(), r
+        torch.testing.assert_close(roll.logits[r, :k], ref_logits[r, :k], rtol=1e-5, atol=1e-5)
+
+
+def test_purely_recurrent_models_get_no_mask_on_decode_steps_and_hybrids_do():
+    assert all(not engine.model_interface(_archs.model(a)).mask_on_decode for a in _archs.STATE_SPACE_ARCHS)
+    assert all(engine.model_interface(_archs.model(a)).mask_on_decode for a in _archs.HYBRID_ARCHS)
+    assert engine.model_interface(_archs.model("llama")).mask_on_decode
+
+
+#: One of each kind for the end-to-end method runs: tied, soft-capped, sliding, hybrid sliding/global,
+#: MoE, MLA, state-space, attention+state-space hybrids, and the classic GPT-style models.
+METHOD_ARCHS = ("llama_tied", "gemma2", "gemma3", "mistral", "mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss",
+                "mamba", "mamba2", "falcon_mamba", "jamba", "bamba", "zamba2", "gpt2", "opt", "bloom", "phi3")
+
+
+@pytest.mark.parametrize("arch", METHOD_ARCHS)
+def test_aisp_and_best_of_n_run_on(arch):
+    """AISP's greedy baseline equals generate, its best reward is its best rollout's, reruns are
+    identical; Best-of-N too."""
+    model, tok = _archs.model(arch), _tiny.tokenizer()
+    prompts = _tiny.PROMPTS[:3]
+    reward = _tiny.count_reward("w7")
+    kw = dict(max_new_tokens=5, progress=False)
+    a = aisp_generate(model, tok, prompts, reward, n=3, iterations=2, sigma=1.0, backend="torch", with_base=True, **kw)
+    ids, mask = encoding.encode_prompts(tok, prompts)
+    greedy, _ = _generate(model, ids, mask, max_new_tokens=5)
+    for b, r in enumerate(a):
+        want = [t for t in greedy[b].tolist()]
+        want = want[:want.index(1)] if 1 in want else want
+        assert r.base_response == tok.decode(want, skip_special_tokens=True)
+        assert r.reward == max(r.trace_max) and r.reward_calls == 6
+    again = aisp_generate(model, tok, prompts, reward, n=3, iterations=2, sigma=1.0, backend="torch", **kw)
+    assert [r.response_ids for r in again] == [r.response_ids for r in a]
+    bon = bon_generate(model, tok, prompts, reward, n=4, **kw)
+    assert [r.reward_calls for r in bon] == [4, 4, 4] and all(r.reward == max(r.trace_max) for r in bon)
+
+
 # --- models the engine rejects -------------------------------------------------------------------
 
-def _rejected_models():
-    import transformers as T
-
-    small = dict(vocab_size=_tiny.VOCAB_SIZE, pad_token_id=0)
-    torch.manual_seed(0)
-    return [
-        (T.T5ForConditionalGeneration(T.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
-                                                 decoder_start_token_id=0, **small)), "encoder-decoder"),
-        (T.BertForMaskedLM(T.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=32, **small)), "cannot generate"),
-        (T.AutoModel.from_config(_tiny.config("llama")), "output projection"),
-    ]
-
-
-@pytest.mark.parametrize("index", range(3))
-def test_models_that_cannot_decode_are_rejected_before_any_work(index):
-    model, reason = _rejected_models()[index]
+@pytest.mark.parametrize("arch, reason", [
+    ("t5", "encoder-decoder"), ("bert", "cannot generate"), ("rwkv", "takes no cache argument"),
+    ("recurrent_gemma", "returns no cache"),
+])
+def test_models_that_cannot_decode_incrementally_are_rejected_before_any_work(arch, reason, monkeypatch):
+    model = _archs.model(arch)
     calls = []
 
     def reward(prompts, responses):
         calls.append(responses)
         return [0.0] * len(responses)
 
-    with pytest.raises(ValueError, match=f"model: .*{reason}") as info:
-        aisp_generate(model, _tiny.tokenizer(), "w1", reward, n=2, iterations=1, max_new_tokens=2, progress=False)
-    assert type(model).__name__ in str(info.value) or reason == "output projection"
+    @functools.wraps(model.forward)  # same signature and annotations: the check must not need a forward
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(model, "forward", no_forward)
+    for run in (lambda: aisp_generate(model, _tiny.tokenizer(), "w1", reward, n=2, iterations=1, max_new_tokens=2,
+                                      progress=False),
+                lambda: bon_generate(model, _tiny.tokenizer(), "w1", reward, n=2, max_new_tokens=2, progress=False)):
+        with pytest.raises(ValueError, match=f"model: {type(model).__name__}.* {reason}"):
+            run()
     assert not calls
+
+
+def test_a_base_model_without_an_output_projection_is_rejected():
+    from transformers import AutoModel
+
+    base = AutoModel.from_config(_tiny.config("llama"))
+    with pytest.raises(ValueError, match="output projection"):
+        aisp_generate(base, _tiny.tokenizer(), "w1", _tiny.count_reward(), n=2, iterations=1, max_new_tokens=2,
+                      progress=False)
