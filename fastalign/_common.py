@@ -13,7 +13,7 @@ from fastalign import encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
-__all__ = ["check_int", "check_float", "check_backend", "Progress", "EncodedPrompts", "encode_and_prefill",
+__all__ = ["check_int", "check_float", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
            "greedy_baseline"]
 
 
@@ -32,6 +32,18 @@ def check_float(value, name: str, *, positive=False, lo=None, hi=None) -> float:
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value}")
     return value
+
+
+def check_model_and_reward(model, reward, backend) -> torch.device:
+    """Checks every method makes before any work: the reward is callable, the engine can decode the
+    model (:func:`fastalign.engine.model_interface`), the fused-op backend runs on the model's output
+    device. Returns that device (where the prompts and the fused ops' tensors go)."""
+    if not callable(reward):
+        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
+    engine.model_interface(model)
+    device = engine.output_head(model).weight.device
+    check_backend(backend, device)
+    return device
 
 
 def check_backend(backend, device: torch.device) -> None:
@@ -58,35 +70,40 @@ class Progress:
 
 @dataclass
 class EncodedPrompts:
-    """A batch of B prompts ready to decode: the texts, ``input_ids``/``attention_mask`` ``[B, P]`` (left
-    padded, on the model's device), the ids that end a response and the pad id, and the prompt cache
-    (:func:`fastalign.engine.prefill`, computed once and forked for every batch of rollouts)."""
+    """A batch of B prompts ready to decode: the texts (what the reward sees as prompts),
+    ``input_ids``/``attention_mask`` ``[B, P]`` (left padded, on the model's device), the ids that end a
+    response, the pad id, and the prompt cache (:meth:`prefill`: computed once, forked for every batch
+    of rollouts)."""
 
     texts: list[str]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     eos_ids: list[int]
     pad_id: int
-    prompt_cache: engine.PromptCache
+    prompt_cache: engine.PromptCache | None = None
+
+    @classmethod
+    def from_texts(cls, model, tokenizer, prompts: list[str], *, chat_template: bool | None,
+                   device: torch.device) -> "EncodedPrompts":
+        """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one)."""
+        ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
+        return cls(texts=prompts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
+                   pad_id=encoding.pad_token_id(tokenizer))
+
+    def prefill(self, model) -> "EncodedPrompts":
+        """Compute the prompt cache (once; call inside :func:`fastalign.engine.eval_mode`)."""
+        if self.prompt_cache is None:
+            self.prompt_cache = engine.prefill(model, self.input_ids, self.attention_mask)
+        return self
 
     def decode(self, model, *, repeats: int = 1, **kwargs) -> engine.Rollouts:
         """:func:`fastalign.engine.decode` of ``repeats`` rollouts per prompt from the prompt cache."""
         return engine.decode(model, self.input_ids, self.attention_mask, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                             repeats=repeats, prompt_cache=self.prompt_cache, **kwargs)
+                             repeats=repeats, prompt_cache=self.prefill(model).prompt_cache, **kwargs)
 
     def responses(self, tokenizer, rollouts: engine.Rollouts) -> tuple[list[str], list[list[int]]]:
         """Decoded texts and ids of ``rollouts`` (EOS dropped)."""
         return response_texts(tokenizer, rollouts.tokens, rollouts.lengths, self.eos_ids)
-
-
-def encode_and_prefill(model, tokenizer, prompts: list[str], *, chat_template: bool | None,
-                       device: torch.device) -> EncodedPrompts:
-    """Tokenise ``prompts`` (left padded, through the chat template when there is one) and prefill them
-    once. Call inside :func:`fastalign.engine.eval_mode`."""
-    ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-    return EncodedPrompts(texts=prompts, input_ids=ids, attention_mask=mask,
-                          eos_ids=encoding.eos_token_ids(model, tokenizer), pad_id=encoding.pad_token_id(tokenizer),
-                          prompt_cache=engine.prefill(model, ids, mask))
 
 
 def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,

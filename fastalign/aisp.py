@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -39,7 +40,7 @@ from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
-__all__ = ["aisp_generate", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA"]
+__all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA"]
 
 #: Default noise std (see the ``sigma`` argument of :func:`aisp_generate` on std vs variance).
 DEFAULT_SIGMA = 0.5
@@ -126,6 +127,43 @@ def _mean_control(u: torch.Tensor):
     return shift
 
 
+@dataclass(frozen=True)
+class AispSettings:
+    """Validated settings of one AISP call (see :func:`aisp_generate` for each)."""
+
+    n: int
+    iterations: int
+    sigma: float
+    lam: float
+    alpha: float
+    horizon: int
+    max_new_tokens: int
+    normalize_rewards: bool
+    mean_rollout: bool
+    final_samples: int
+    seed: object
+    backend: str | None
+
+    @classmethod
+    def check(cls, *, n, iterations, sigma, variance, lam, alpha, horizon, max_new_tokens, normalize_rewards,
+              mean_rollout, final_samples, seed, backend) -> "AispSettings":
+        max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
+        tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
+        if tau > max_new_tokens:
+            raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
+        return cls(n=_common.check_int(n, "n"), iterations=_common.check_int(iterations, "iterations"),
+                   sigma=resolve_sigma(sigma, variance, DEFAULT_SIGMA),
+                   lam=_common.check_float(lam, "lam", positive=True),
+                   alpha=_common.check_float(alpha, "alpha", lo=0.0, hi=1.0), horizon=tau,
+                   max_new_tokens=max_new_tokens, normalize_rewards=bool(normalize_rewards),
+                   mean_rollout=bool(mean_rollout), final_samples=_common.check_int(final_samples, "final_samples", lo=0),
+                   seed=seed, backend=backend)
+
+    @property
+    def reward_calls(self) -> int:
+        return self.n * self.iterations + self.final_samples + int(self.mean_rollout)
+
+
 def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float | None = None,
                   variance: float | None = None, lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None,
                   max_new_tokens: int = 128, normalize_rewards: bool = False, mean_rollout: bool = False,
@@ -170,27 +208,27 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
-    n = _common.check_int(n, "n")
-    iterations = _common.check_int(iterations, "iterations")
-    max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
-    sigma = resolve_sigma(sigma, variance, DEFAULT_SIGMA)
-    lam = _common.check_float(lam, "lam", positive=True)
-    alpha = _common.check_float(alpha, "alpha", lo=0.0, hi=1.0)
-    final_samples = _common.check_int(final_samples, "final_samples", lo=0)
-    tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
-    if tau > max_new_tokens:
-        raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
-    if not callable(reward):
-        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
+    settings = AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam, alpha=alpha,
+                                  horizon=horizon, max_new_tokens=max_new_tokens, normalize_rewards=normalize_rewards,
+                                  mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend)
+    device = _common.check_model_and_reward(model, reward, backend)
+    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
+    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
+    return results[0] if single else results
+
+
+def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: AispSettings, *, with_base: bool = False,
+        progress: bool = True) -> list:
+    """AISP on already encoded prompts (what :func:`aisp_generate` and :mod:`fastalign.hf` share): one
+    :class:`~fastalign.results.AlignResult` per prompt."""
+    st = settings
+    device = encoded.input_ids.device
     head = engine.output_head(model)
-    device = head.weight.device
-    _common.check_backend(backend, device)
     say = _common.Progress(progress, "aisp")
     t0 = time.perf_counter()
-
+    prompts = encoded.texts
     B = len(prompts)
-    seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64, device=device)
+    seeds = torch.tensor(sampling.stream_seeds(st.seed, prompts), dtype=torch.int64, device=device)
     best = BestSoFar(B)
 
     def score(roll: engine.Rollouts, repeats: int) -> torch.Tensor:
@@ -200,43 +238,42 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         return rewards
 
     with engine.eval_mode(model):
-        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
+        encoded.prefill(model)
         base_texts = base_rewards = None
         if with_base:
             base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
-                                                               max_new_tokens=max_new_tokens)
-        u = torch.zeros(B, tau, _head_width(head), dtype=torch.float32, device=device)
-        perturb = _Perturbation(u, n, sigma, seeds, backend)
-        for it in range(iterations):
+                                                               max_new_tokens=st.max_new_tokens)
+        u = torch.zeros(B, st.horizon, _head_width(head), dtype=torch.float32, device=device)
+        perturb = _Perturbation(u, st.n, st.sigma, seeds, st.backend)
+        for it in range(st.iterations):
             perturb.start(it, u)
-            roll = encoded.decode(model, repeats=n, max_new_tokens=max_new_tokens, transform=perturb)
-            rewards = score(roll, n)
-            lengths = roll.lengths.clamp_max(tau).view(B, n).to(device)
-            u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=normalize_rewards, sigma=sigma,
-                                lam=lam, alpha=alpha, seeds=seeds, iteration=it, backend=backend)
-            say(f"iteration {it + 1}/{iterations}: mean reward "
+            roll = encoded.decode(model, repeats=st.n, max_new_tokens=st.max_new_tokens, transform=perturb)
+            rewards = score(roll, st.n)
+            lengths = roll.lengths.clamp_max(st.horizon).view(B, st.n).to(device)
+            u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=st.normalize_rewards,
+                                sigma=st.sigma, lam=st.lam, alpha=st.alpha, seeds=seeds, iteration=it,
+                                backend=st.backend)
+            say(f"iteration {it + 1}/{st.iterations}: mean reward "
                 + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
                 + ", ".join(fmt(best.reward[b]) for b in range(B)) + f" ({time.perf_counter() - t0:.1f} s)")
-        if final_samples:
-            final = _Perturbation(u, final_samples, sigma, seeds, backend)
+        if st.final_samples:
+            final = _Perturbation(u, st.final_samples, st.sigma, seeds, st.backend)
             # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise
-            final.start(-(-iterations * n // final_samples), u)
-            score(encoded.decode(model, repeats=final_samples, max_new_tokens=max_new_tokens, transform=final),
-                  final_samples)
-        if mean_rollout:
-            score(encoded.decode(model, max_new_tokens=max_new_tokens, transform=_mean_control(u)), 1)
+            final.start(-(-st.iterations * st.n // st.final_samples), u)
+            score(encoded.decode(model, repeats=st.final_samples, max_new_tokens=st.max_new_tokens, transform=final),
+                  st.final_samples)
+        if st.mean_rollout:
+            score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u)), 1)
 
     seconds = time.perf_counter() - t0
-    reward_calls = n * iterations + final_samples + int(bool(mean_rollout))
-    results = [
+    return [
         best.result(
-            b, prompt=prompts[b], method="aisp", reward_calls=reward_calls, seconds=seconds,
+            b, prompt=prompts[b], method="aisp", reward_calls=st.reward_calls, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
-            extra={"n": n, "iterations": iterations, "sigma": sigma, "lam": lam, "alpha": alpha, "horizon": tau,
-                   "normalize_rewards": bool(normalize_rewards), "mean_rollout": bool(mean_rollout),
-                   "final_samples": final_samples, "stream_seed": int(seeds[b])},
+            extra={"n": st.n, "iterations": st.iterations, "sigma": st.sigma, "lam": st.lam, "alpha": st.alpha,
+                   "horizon": st.horizon, "normalize_rewards": st.normalize_rewards, "mean_rollout": st.mean_rollout,
+                   "final_samples": st.final_samples, "stream_seed": int(seeds[b])},
         )
         for b in range(B)
     ]
-    return results[0] if single else results

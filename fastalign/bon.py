@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -19,12 +20,36 @@ from fastalign import _common, encoding, engine, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
-__all__ = ["bon_generate"]
+__all__ = ["bon_generate", "run", "BonSettings"]
+
+
+@dataclass(frozen=True)
+class BonSettings:
+    """Validated settings of one Best-of-N call (see :func:`bon_generate` for each)."""
+
+    n: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: object
+    max_new_tokens: int
+    batch_size: int
+
+    @classmethod
+    def check(cls, *, n, temperature, top_p, top_k, seed, max_new_tokens, batch_size) -> "BonSettings":
+        top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
+        if top_p == 0.0:
+            raise ValueError("top_p: expected a value in (0, 1], got 0.0")
+        return cls(n=_common.check_int(n, "n"),
+                   temperature=_common.check_float(temperature, "temperature", lo=0.0, hi=math.inf),
+                   top_p=top_p, top_k=_common.check_int(top_k or 0, "top_k", lo=0), seed=seed,
+                   max_new_tokens=_common.check_int(max_new_tokens, "max_new_tokens"),
+                   batch_size=_common.check_int(batch_size, "batch_size"))
 
 
 def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                 seed=0, max_new_tokens: int = 128, batch_size: int = 64, chat_template: bool | None = None,
-                 with_base: bool = False, progress: bool = True):
+                 top_k: int | None = None, seed=0, max_new_tokens: int = 128, batch_size: int = 64,
+                 chat_template: bool | None = None, with_base: bool = False, progress: bool = True):
     """Best-of-``n`` sampling.
 
     Args:
@@ -32,6 +57,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         n: samples per prompt (= reward calls per prompt).
         temperature: sampling temperature (0 is greedy, which makes every sample identical).
         top_p: nucleus sampling mass (1.0: plain sampling).
+        top_k: sample among the k most likely tokens only (None or 0: all).
         seed: int or one int per prompt (hashed with the prompt text).
         max_new_tokens: generation length limit; EOS ends a sample earlier.
         batch_size: sequences decoded together (all prompts); each round decodes
@@ -45,56 +71,59 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
-    n = _common.check_int(n, "n")
-    max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
-    batch_size = _common.check_int(batch_size, "batch_size")
-    temperature = _common.check_float(temperature, "temperature", lo=0.0, hi=math.inf)
-    top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
-    if top_p == 0.0:
-        raise ValueError("top_p: expected a value in (0, 1], got 0.0")
-    if not callable(reward):
-        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
-    device = engine.output_head(model).weight.device
+    settings = BonSettings.check(n=n, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    device = _common.check_model_and_reward(model, reward, None)
+    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
+    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
+    return results[0] if single else results
+
+
+def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: BonSettings, *, with_base: bool = False,
+        progress: bool = True) -> list:
+    """Best-of-N on already encoded prompts (what :func:`bon_generate` and :mod:`fastalign.hf` share)."""
+    st = settings
+    device = encoded.input_ids.device
     say = _common.Progress(progress, "bon")
     t0 = time.perf_counter()
-
+    prompts = encoded.texts
     B = len(prompts)
-    seeds = torch.tensor(sampling.stream_seeds(seed, prompts), dtype=torch.int64)
-    per_round = max(1, min(n, batch_size // B))
-    rounds = math.ceil(n / per_round)
+    seeds = torch.tensor(sampling.stream_seeds(st.seed, prompts), dtype=torch.int64)
+    per_round = max(1, min(st.n, st.batch_size // B))
+    rounds = math.ceil(st.n / per_round)
     best = BestSoFar(B)
     with engine.eval_mode(model):
-        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
+        encoded.prefill(model)
         base_texts = base_rewards = None
         if with_base:
             base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
-                                                               max_new_tokens=max_new_tokens)
+                                                               max_new_tokens=st.max_new_tokens)
         for rnd in range(rounds):
             start = rnd * per_round
-            m = min(per_round, n - start)
+            m = min(per_round, st.n - start)
             sample_idx = torch.arange(start, start + m, dtype=torch.int64, device=device).repeat(B)  # [B*m]
             row_seeds = seeds.to(device).repeat_interleave(m)
 
             def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
-                offsets = sample_idx * max_new_tokens + step
-                return sampling.sample_tokens(logits, row_seeds, offsets, temperature=temperature, top_p=top_p)
+                offsets = sample_idx * st.max_new_tokens + step
+                return sampling.sample_tokens(logits, row_seeds, offsets, temperature=st.temperature, top_p=st.top_p,
+                                              top_k=st.top_k)
 
-            roll = encoded.decode(model, repeats=m, max_new_tokens=max_new_tokens, choose=choose)
+            roll = encoded.decode(model, repeats=m, max_new_tokens=st.max_new_tokens, choose=choose)
             texts, id_lists = encoded.responses(tokenizer, roll)
             rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
             best.update(rewards, texts, id_lists)
-            say(f"round {rnd + 1}/{rounds} ({start + m}/{n} samples): best "
+            say(f"round {rnd + 1}/{rounds} ({start + m}/{st.n} samples): best "
                 + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
-    results = [
+    return [
         best.result(
-            b, prompt=prompts[b], method="bon", reward_calls=n, seconds=seconds,
+            b, prompt=prompts[b], method="bon", reward_calls=st.n, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
-            extra={"n": n, "temperature": temperature, "top_p": top_p, "stream_seed": int(seeds[b])},
+            extra={"n": st.n, "temperature": st.temperature, "top_p": st.top_p, "top_k": st.top_k,
+                   "stream_seed": int(seeds[b])},
         )
         for b in range(B)
     ]
-    return results[0] if single else results

@@ -3,6 +3,7 @@ noise and samples depend only on (seed, prompt text), never on batch composition
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 
 import torch
@@ -43,15 +44,20 @@ def stream_seeds(seed, prompts: list[str], *, salt: str = "") -> list[int]:
 
 
 def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor, *, temperature: float = 1.0,
-                  top_p: float = 1.0) -> torch.Tensor:
+                  top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
     """One token per row of ``logits [N, V]`` by inverse-CDF sampling with the uniform
     ``rng.uniform(seeds[r], offsets[r])`` of the fastalign stream (so a row's draw depends only on its
     own seed, offset and logits). ``temperature == 0`` is greedy. With ``top_p < 1`` only the smallest
-    set of most likely tokens whose probability reaches ``top_p`` is kept (nucleus sampling).
+    set of most likely tokens whose probability reaches ``top_p`` is kept (nucleus sampling); with
+    ``top_k > 0`` only the ``top_k`` most likely (applied first, as in Hugging Face's warpers).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float() / temperature
+    if 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    probs = torch.softmax(scaled, dim=-1)
     order = None
     if top_p < 1.0:
         probs, order = probs.sort(dim=-1, descending=True)

@@ -40,6 +40,20 @@ def test_sample_tokens_top_p_and_greedy():
     assert greedy.tolist() == [0] * 5
 
 
+def test_sample_tokens_top_k():
+    logits = torch.log(torch.tensor([[0.1, 0.4, 0.2, 0.3]])).expand(3000, 4)
+    seeds = torch.full((3000,), 7, dtype=torch.int64)
+    draws = sampling.sample_tokens(logits, seeds, torch.arange(3000), top_k=2)
+    assert set(draws.tolist()) == {1, 3}
+    frac1 = float((draws == 1).double().mean())
+    assert abs(frac1 - 0.4 / 0.7) < 4 * (0.57 * 0.43 / 3000) ** 0.5
+    # top_k and top_p together: top-k first, then the nucleus of what is left (Hugging Face's order)
+    both = sampling.sample_tokens(logits, seeds, torch.arange(3000), top_k=3, top_p=0.5)
+    assert set(both.tolist()) == {1, 3}  # of {1: 4/9, 3: 3/9, 2: 2/9} the nucleus reaching 0.5 is {1, 3}
+    assert torch.equal(sampling.sample_tokens(logits, seeds, torch.arange(3000), top_k=4),
+                       sampling.sample_tokens(logits, seeds, torch.arange(3000)))
+
+
 def test_shapes_and_types():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     out = bon_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), batch_size=6, with_base=True, **KW)
