@@ -1,0 +1,238 @@
+"""fastalign's methods as Hugging Face ``generate`` decoding methods (``custom_generate``).
+
+Pass one as ``custom_generate`` to any causal LM's ``generate``::
+
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)        # left padding
+    out = model.generate(**inputs, custom_generate=fastalign.hf.aisp, reward=reward, text_tokenizer=tokenizer,
+                         n=8, iterations=4, max_new_tokens=48, do_sample=False)
+    texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+or load the Hub-style folder that ships with fastalign (``fastalign.hf.hub_dir()``, the layout of a
+Hub repository with ``custom_generate/generate.py``; ``method=`` picks aisp, bon or sea)::
+
+    out = model.generate(**inputs, custom_generate=str(fastalign.hf.hub_dir()), trust_remote_code=True,
+                         method="aisp", reward=reward, tokenizer=tokenizer, n=8, iterations=4)
+
+Conventions (those of a transformers decoding method): ``max_new_tokens`` (or ``max_length``), the EOS
+ids and the pad id come from the generation config; the result is a ``LongTensor [B, P + T]`` like
+``generate``'s: each row is its prompt ids followed by the best response found for it (EOS included
+when the response ended with one), padded with the pad id. One row per prompt: fastalign returns the
+best candidate, so ``num_return_sequences`` must be 1.
+
+What is not supported raises ``ValueError`` instead of being ignored: beam search and its flags, more
+than one returned sequence, assisted generation, streamers, logits processors and stopping criteria
+other than the ones these methods implement (Best-of-N samples with the config's temperature, top-k and
+top-p; AISP decodes greedily, so it needs ``do_sample=False``), ``return_dict_in_generate``, and model
+inputs other than ``input_ids``/``attention_mask``.
+
+The reward scores texts, so it needs the policy's tokenizer: ``text_tokenizer=`` in the callable form
+(``generate`` keeps ``tokenizer=`` for itself and does not pass it on to a callable), ``tokenizer=`` or
+``text_tokenizer=`` in the Hub form. The prompts the reward sees are the decoded ``input_ids``
+(special tokens skipped).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from fastalign import _common, engine
+from fastalign import aisp as _aisp
+from fastalign import bon as _bon
+
+__all__ = ["aisp", "bon", "generate", "hub_dir"]
+
+#: model_kwargs that ``generate`` prepares for every decoding method and that fastalign's engine
+#: computes itself (its own cache, positions and head slicing).
+_ENGINE_KWARGS = {"attention_mask", "cache", "past_key_values", "cache_params", "use_cache", "position_ids",
+                  "logits_to_keep", "output_attentions", "output_hidden_states"}
+#: logits processors / stopping criteria that the methods implement themselves
+_SAMPLING_WARPERS = {"TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"}
+_STOPPING = {"MaxLengthCriteria", "EosTokenCriteria"}
+
+
+def hub_dir() -> Path:
+    """The folder to pass as ``custom_generate=`` (a Hub repository's layout: ``custom_generate/generate.py``)."""
+    return Path(__file__).resolve().parent / "hub"
+
+
+def _generate_frame_value(name: str):
+    """A local variable of the ``generate`` call that invoked a callable ``custom_generate``: transformers
+    consumes ``streamer`` and ``assistant_model`` before calling it, so this is the only way to see
+    that a caller passed them (and refuse instead of silently ignoring them)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "generate" and "custom_generate" in frame.f_locals:
+            return frame.f_locals.get(name)
+        frame = frame.f_back
+    return None
+
+
+def _check_supported(generation_config, logits_processor, stopping_criteria, model_kwargs, *, sampling: bool,
+                     streamer=None, assistant_model=None) -> None:
+    gc = generation_config
+    if streamer is not None:
+        raise ValueError("streamer: fastalign returns the best of many rollouts at the end, so it cannot stream")
+    if assistant_model is not None:
+        raise ValueError("assistant_model: assisted (speculative) generation is not supported by fastalign")
+    if getattr(gc, "num_beams", 1) not in (None, 1) or getattr(gc, "num_beam_groups", 1) not in (None, 1):
+        raise ValueError("num_beams: beam search is not supported by fastalign's methods (use num_beams=1)")
+    if getattr(gc, "num_return_sequences", 1) not in (None, 1):
+        raise ValueError("num_return_sequences: fastalign returns the best candidate per prompt (use 1)")
+    if getattr(gc, "return_dict_in_generate", False):
+        raise ValueError("return_dict_in_generate: fastalign returns token ids only (see AlignResult for the "
+                         "rewards and traces: fastalign.aisp_generate and friends)")
+    if not sampling and getattr(gc, "do_sample", False):
+        raise ValueError("do_sample: AISP decodes greedily around its learned control (pass do_sample=False), "
+                         "or use fastalign.hf.bon for Best-of-N sampling")
+    allowed = _SAMPLING_WARPERS if sampling else set()
+    extra = [type(p).__name__ for p in (logits_processor or []) if type(p).__name__ not in allowed]
+    if extra:
+        raise ValueError(f"logits_processor: fastalign does not apply {', '.join(extra)} (from the generation "
+                         "config or the call); remove them")
+    extra = [type(c).__name__ for c in (stopping_criteria or []) if type(c).__name__ not in _STOPPING]
+    if extra:
+        raise ValueError(f"stopping_criteria: fastalign stops at EOS and max_new_tokens only, not {', '.join(extra)}")
+    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _ENGINE_KWARGS)
+    if extra:
+        raise ValueError(f"{', '.join(extra)}: fastalign's methods take input_ids and attention_mask only")
+
+
+def _max_new_tokens(generation_config, prompt_len: int) -> int:
+    gc = generation_config
+    if getattr(gc, "max_new_tokens", None) is not None:
+        return int(gc.max_new_tokens)
+    if getattr(gc, "max_length", None) is not None and gc.max_length > prompt_len:
+        return int(gc.max_length) - prompt_len
+    raise ValueError(f"max_new_tokens: set max_new_tokens (or max_length > the prompt length {prompt_len})")
+
+
+def _eos_and_pad(generation_config, model) -> tuple[list[int], int]:
+    eos = generation_config.eos_token_id
+    if eos is None:
+        eos = getattr(model.generation_config, "eos_token_id", None)
+    eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+    pad = generation_config.pad_token_id
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else 0
+    return eos_ids, int(pad[0] if isinstance(pad, (list, tuple)) else pad)
+
+
+def _left_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` with every row's tokens moved to the right end (right padding becomes left)."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.device).long()
+    if bool((mask[:, -1] == 1).all()):
+        return input_ids, mask
+    order = torch.argsort(mask, dim=1, stable=True)  # padding (0) first, tokens (1) after, each in order
+    return input_ids.gather(1, order), mask.gather(1, order)
+
+
+def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config) -> _common.EncodedPrompts:
+    if text_tokenizer is None:
+        raise ValueError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
+                         "(text_tokenizer=tokenizer; generate keeps tokenizer= for itself)")
+    device = engine.output_head(model).weight.device
+    ids, mask = _left_padded(input_ids.to(device), attention_mask)
+    texts = [text_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
+    eos_ids, pad_id = _eos_and_pad(generation_config, model)
+    return _common.EncodedPrompts(texts=texts, input_ids=ids, attention_mask=mask.to(device), eos_ids=eos_ids,
+                                  pad_id=pad_id)
+
+
+def _as_generate_output(input_ids: torch.Tensor, results, encoded: _common.EncodedPrompts,
+                        max_new_tokens: int) -> torch.Tensor:
+    """``[B, P + T]``: each prompt row (as given) followed by its best response (+ EOS if it ended with
+    one: a response shorter than ``max_new_tokens`` did), padded with the pad id."""
+    rows = []
+    for r in results:
+        ids = list(r.response_ids)
+        if len(ids) < max_new_tokens and encoded.eos_ids:
+            ids.append(encoded.eos_ids[0])
+        rows.append(ids)
+    T = max((len(r) for r in rows), default=0)
+    out = torch.full((input_ids.shape[0], input_ids.shape[1] + T), encoded.pad_id, dtype=torch.long,
+                     device=input_ids.device)
+    out[:, :input_ids.shape[1]] = input_ids
+    for b, ids in enumerate(rows):
+        out[b, input_ids.shape[1]:input_ids.shape[1] + len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+         synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 8, iterations: int = 4,
+         sigma: float | None = None, variance: float | None = None, lam: float = 0.3, alpha: float = 0.999,
+         horizon: int | None = None, normalize_rewards: bool = False, mean_rollout: bool = False,
+         final_samples: int = 0, seed=0, backend: str | None = None, progress: bool = False, **model_kwargs):
+    """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
+    reward=..., text_tokenizer=..., n=..., iterations=...)``. The AISP arguments are those of
+    :func:`fastalign.aisp.aisp_generate`; see the module docstring for the conventions."""
+    generation_config = generation_config or model.generation_config
+    _check_supported(generation_config, logits_processor, stopping_criteria, model_kwargs, sampling=False,
+                     streamer=streamer or _generate_frame_value("streamer"),
+                     assistant_model=_generate_frame_value("assistant_model"))
+    if reward is None:
+        raise ValueError("reward: fastalign.hf.aisp needs reward=f(prompts, responses) -> [N]")
+    T = _max_new_tokens(generation_config, input_ids.shape[1])
+    settings = _aisp.AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam,
+                                        alpha=alpha, horizon=horizon, max_new_tokens=T,
+                                        normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
+                                        final_samples=final_samples, seed=seed, backend=backend)
+    _common.check_model_and_reward(model, reward, backend)
+    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config)
+    results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress)
+    return _as_generate_output(input_ids, results, encoded, T)
+
+
+def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+        synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 32, seed=0,
+        batch_size: int = 64, progress: bool = False, **model_kwargs):
+    """Best-of-N as a ``generate`` decoding method: ``n`` samples per prompt with the generation
+    config's ``temperature``, ``top_k`` and ``top_p`` (``do_sample=False``: greedy, every sample equal),
+    the one the reward likes best returned."""
+    generation_config = generation_config or model.generation_config
+    _check_supported(generation_config, logits_processor, stopping_criteria, model_kwargs, sampling=True,
+                     streamer=streamer or _generate_frame_value("streamer"),
+                     assistant_model=_generate_frame_value("assistant_model"))
+    if reward is None:
+        raise ValueError("reward: fastalign.hf.bon needs reward=f(prompts, responses) -> [N]")
+    gc = generation_config
+    T = _max_new_tokens(gc, input_ids.shape[1])
+    sample = bool(getattr(gc, "do_sample", False))
+    settings = _bon.BonSettings.check(n=n, temperature=(gc.temperature if gc.temperature is not None else 1.0)
+                                      if sample else 0.0, top_p=(gc.top_p or 1.0) if sample else 1.0,
+                                      top_k=(gc.top_k or 0) if sample else 0, seed=seed, max_new_tokens=T,
+                                      batch_size=batch_size)
+    _common.check_model_and_reward(model, reward, None)
+    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc)
+    results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress)
+    return _as_generate_output(input_ids, results, encoded, T)
+
+
+_METHODS = {"aisp": aisp, "bon": bon}
+#: ``generate`` arguments the Hub calling convention passes that are not generation-config fields
+_CALL_ARGS = ("inputs", "generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
+              "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids", "negative_prompt_attention_mask")
+
+
+def generate(model, method: str = "aisp", **kwargs):
+    """The Hub calling convention (``custom_generate="<folder>"``): every ``generate`` argument arrives
+    here. ``method`` picks ``"aisp"`` or ``"bon"``; the rest are the method's arguments and generation
+    config fields (``max_new_tokens``, ``do_sample``, ``temperature``, ...)."""
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {sorted(_METHODS)}, got {method!r}")
+    call = {k: kwargs.pop(k, None) for k in _CALL_ARGS}
+    for name in ("prefix_allowed_tokens_fn", "negative_prompt_ids", "negative_prompt_attention_mask",
+                 "assistant_model"):
+        if call[name] is not None:
+            raise ValueError(f"{name}: not supported by fastalign's methods")
+    input_ids = kwargs.pop("input_ids", None)
+    input_ids = call["inputs"] if input_ids is None else input_ids
+    if input_ids is None:
+        raise ValueError("input_ids: pass the tokenised prompts (input_ids=..., attention_mask=...)")
+    text_tokenizer = kwargs.pop("text_tokenizer", None) or kwargs.pop("tokenizer", None)
+    gc = copy.deepcopy(call["generation_config"] or model.generation_config)
+    method_kwargs = gc.update(**kwargs)  # generation-config fields are consumed, the rest returned
+    return _METHODS[method](model, input_ids, call["logits_processor"], call["stopping_criteria"], gc,
+                            streamer=call["streamer"], text_tokenizer=text_tokenizer, **method_kwargs)
