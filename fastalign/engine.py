@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 __all__ = [
+    "CompiledStep",
     "ModelInterface",
     "PromptCache",
     "Rollouts",
@@ -61,6 +62,13 @@ def input_embedding(model: torch.nn.Module) -> tuple[torch.Tensor, float]:
     return emb.weight, float(scale) if scale is not None else 1.0
 
 
+def _with_last_position(h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``h [N, L, d]`` with its last position replaced by ``z [N, d]``."""
+    if h.shape[1] == 1:
+        return z.unsqueeze(1)
+    return torch.cat([h[:, :-1, :], z.unsqueeze(1)], dim=1)
+
+
 @contextlib.contextmanager
 def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None):
     """Within the block, the output head sees ``transform(h)`` for the hidden state ``h`` of the last
@@ -75,13 +83,7 @@ def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor
     head = output_head(model)
 
     def hook(module, args):
-        h = args[0]
-        z = transform(h[:, -1, :])
-        if h.shape[1] == 1:
-            h_new = z.unsqueeze(1)
-        else:
-            h_new = torch.cat([h[:, :-1, :], z.unsqueeze(1)], dim=1)
-        return (h_new, *args[1:])
+        return (_with_last_position(args[0], transform(args[0][:, -1, :])), *args[1:])
 
     handle = head.register_forward_pre_hook(hook)
     try:
@@ -297,13 +299,61 @@ def _scatter_rows(x: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.T
     return full
 
 
+class _Running:
+    """The running batch of :func:`decode`: the cache, the next input token and position of each row, the
+    attention mask, and which rollout each row is once ended rollouts were compacted away."""
+
+    def __init__(self, model, api: ModelInterface, prompt_cache: PromptCache, repeats: int, T: int, compiled):
+        B, P = prompt_cache.input_ids.shape
+        device = prompt_cache.input_ids.device
+        self.model, self.api, self.P, self.compiled = model, api, P, compiled
+        self.mask = torch.ones((B * repeats, P + T), dtype=torch.long, device=device)
+        self.mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
+        self.position = _position_ids(self.mask[:, :P])[:, -1:]
+        self.cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
+        self.cache = None if compiled is not None else fork_cache(prompt_cache.cache, B, repeats)
+        self.rows: torch.Tensor | None = None  # None: batch row j is rollout j
+
+    def logits(self, step: int) -> torch.Tensor:
+        """Logits ``[rows, V]`` (float32) of the forward of the current tokens."""
+        mask = self.mask[:, :self.P + step]
+        if self.compiled is not None:
+            return self.compiled(self.cur, self.position, mask, step)
+        api = self.api
+        kwargs = {"input_ids": self.cur, "use_cache": True}
+        if api.mask_on_decode or self.cache is None:  # the first forward of an unprefilled batch takes it
+            kwargs["attention_mask"] = mask
+        if self.cache is not None:
+            kwargs[api.cache_kwarg] = self.cache
+        if api.position_ids:
+            kwargs["position_ids"] = self.position
+        if api.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        self.cache = _returned_cache(out, api)
+        return out.logits[:, -1, :].float()
+
+    def advance(self, nxt: torch.Tensor) -> None:
+        """Feed the chosen tokens ``[N]`` (all rollouts) to the running rows."""
+        self.cur = (nxt if self.rows is None else nxt[self.rows]).unsqueeze(-1)
+        self.position = self.position + 1
+
+    def compact(self, active: torch.Tensor) -> None:
+        """Drop the rows of ended rollouts (and their cache rows)."""
+        keep = _kept_batch_rows(active, self.rows, active.shape[0])
+        self.cache.reorder_cache(keep)
+        self.mask, self.position = self.mask[keep], self.position[keep]
+        self.rows = active.nonzero().squeeze(1)
+
+
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
            eos_ids: Sequence[int], pad_id: int,
            choose: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
            transform: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
            return_logits: bool = False, repeats: int = 1, prompt_cache: PromptCache | None = None,
-           eos_check_every: int | None = None, compact_below: float | None = None) -> Rollouts:
+           eos_check_every: int | None = None, compact_below: float | None = None,
+           compiled: "CompiledStep | None" = None) -> Rollouts:
     """Decode ``N = B * repeats`` rollouts of B left-padded prompts together, with the model's cache.
 
     Args:
@@ -324,6 +374,9 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
         compact_below: at a check, drop the ended rollouts from the running batch (their cache rows too)
             once the active ones are at most this fraction of it; None keeps every row to the end.
             ``choose`` and ``transform`` always see all N rows (ended ones as zeros).
+        compiled: a :class:`CompiledStep` built for these prompts, ``repeats`` and ``max_new_tokens``:
+            its static cache and compiled forward run the steps (its own transform applies; ``transform``
+            and ``compact_below`` must be None).
 
     Position ids come from the attention mask (left padding does not shift positions); the head
     computes the last position only (``logits_to_keep=1``) where the model supports it.
@@ -334,40 +387,28 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
         prompt_cache = prefill(model, input_ids, attention_mask, api=api)
     B, P = prompt_cache.input_ids.shape
     N, T = B * repeats, max_new_tokens
+    if compiled is not None:
+        _check_compiled(compiled, N, T, transform, compact_below)
+        compiled.start()
     check_every = eos_check_every or (1 if device.type == "cpu" else 8)
     eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
-    mask = torch.ones((N, P + T), dtype=torch.long, device=device)
-    mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
-    position = _position_ids(mask[:, :P])[:, -1:]
-    cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
-    cache = fork_cache(prompt_cache.cache, B, repeats)
-    active = torch.ones(N, dtype=torch.bool, device=device)
+    run = _Running(model, api, prompt_cache, repeats, T, compiled)
+    active = compiled.active.fill_(True) if compiled is not None else torch.ones(N, dtype=torch.bool, device=device)
     lengths = torch.full((N,), T, dtype=torch.long, device=device)
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
     pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
     all_logits = [] if return_logits else None
-    state = {"step": 0, "rows": None}  # rows: the rollout in each batch row once compacted (None: all N)
+    state = {"step": 0}
 
     def head_transform(h):
-        rows = state["rows"]
-        z = transform(_scatter_rows(h, rows, N), state["step"], active)
-        return z if rows is None else z[rows]
+        z = transform(_scatter_rows(h, run.rows, N), state["step"], active)
+        return z if run.rows is None else z[run.rows]
 
-    with perturb_head_input(model, head_transform if transform is not None else None):
+    hook = head_transform if transform is not None else None
+    with perturb_head_input(model, hook), (compiled.hooked() if compiled is not None else contextlib.nullcontext()):
         for step in range(T):
             state["step"] = step
-            kwargs = {"input_ids": cur, "use_cache": True}
-            if api.mask_on_decode or cache is None:  # the first forward of an unprefilled batch takes it
-                kwargs["attention_mask"] = mask[:, :P + step]
-            if cache is not None:
-                kwargs[api.cache_kwarg] = cache
-            if api.position_ids:
-                kwargs["position_ids"] = position
-            if api.logits_to_keep:
-                kwargs["logits_to_keep"] = 1
-            out = model(**kwargs)
-            cache = _returned_cache(out, api)
-            logits = _scatter_rows(out.logits[:, -1, :].float(), state["rows"], N)
+            logits = _scatter_rows(run.logits(step), run.rows, N)
             if all_logits is not None:
                 all_logits.append(logits)
             nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
@@ -375,23 +416,27 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
             tokens[:, step] = nxt
             ended = active & torch.isin(nxt, eos)
             lengths = torch.where(ended, step + 1, lengths)
-            active = active & ~ended
+            active &= ~ended  # in place: a compiled step's transform holds this tensor
             if (step + 1) % check_every == 0:
                 n_active = int(active.sum())
                 if n_active == 0:
                     tokens = tokens[:, : step + 1]
                     break
-                running = N if state["rows"] is None else len(state["rows"])
+                running = N if run.rows is None else len(run.rows)
                 if compact_below is not None and n_active <= compact_below * running:
-                    keep = _kept_batch_rows(active, state["rows"], N)
-                    cache.reorder_cache(keep)
-                    mask, position = mask[keep], position[keep]
-                    state["rows"] = active.nonzero().squeeze(1)
-            rows = state["rows"]
-            cur = (nxt if rows is None else nxt[rows]).unsqueeze(-1)
-            position = position + 1
+                    run.compact(active)
+            run.advance(nxt)
     logits_t = torch.stack(all_logits, dim=1)[:, : tokens.shape[1]] if all_logits is not None else None
     return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t)
+
+
+def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below) -> None:
+    if (compiled.rows, compiled.max_new_tokens) != (N, T):
+        raise ValueError(f"compiled: built for {compiled.rows} rollouts of {compiled.max_new_tokens} tokens, "
+                         f"asked for {N} of {T}")
+    if transform is not None or compact_below is not None:
+        raise ValueError("compiled: the compiled step carries its own transform and keeps every row "
+                         "(transform and compact_below must be None)")
 
 
 def _kept_batch_rows(active: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
@@ -401,3 +446,170 @@ def _kept_batch_rows(active: torch.Tensor, rows: torch.Tensor | None, N: int) ->
     where = torch.full((N,), -1, dtype=torch.long, device=active.device)
     where[rows] = torch.arange(len(rows), device=active.device)
     return where[active.nonzero().squeeze(1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled decode step: a static cache, one torch.compile, CUDA-graph replay on a GPU
+# ---------------------------------------------------------------------------------------------
+def _tensors_of(obj, seen: set | None = None) -> list[torch.Tensor]:
+    """Every tensor reachable from a cache object through attributes, lists, tuples and dicts, in a
+    fixed order (so two caches of the same structure pair up)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = vars(obj).values()
+    else:
+        return []
+    return [t for item in items for t in _tensors_of(item, seen)]
+
+
+def refork_in_place(fork, prompt_cache, index: torch.Tensor) -> None:
+    """Copy ``prompt_cache`` (B rows) into ``fork`` (an earlier :func:`fork_cache` of it, ``len(index)``
+    rows) without reallocating anything: tensors are written with ``copy_`` (a CUDA graph and
+    ``mark_static_address`` keep their addresses), per-layer Python flags are copied over."""
+    for dst, src in zip(_tensors_of(fork), _tensors_of(prompt_cache), strict=True):
+        if dst.shape == src.shape:
+            dst.copy_(src)
+        elif dst.dim() > 0 and dst.shape[0] == index.numel() and dst.shape[1:] == src.shape[1:]:
+            dst.copy_(src.index_select(0, index.to(src.device)))
+        else:
+            raise ValueError(f"cannot refork a cache tensor {tuple(src.shape)} into {tuple(dst.shape)}")
+    for dst_layer, src_layer in zip(getattr(fork, "layers", []), getattr(prompt_cache, "layers", []), strict=True):
+        for key, value in vars(src_layer).items():
+            if isinstance(value, (bool, int, float)) and key != "batch_size":
+                setattr(dst_layer, key, value)
+            elif isinstance(value, dict) and all(isinstance(x, (bool, int, type(None))) for x in value.values()):
+                setattr(dst_layer, key, dict(value))
+
+
+class CompiledStep:
+    """The decode step of ``N = B * repeats`` rollouts with a static cache, compiled once with
+    ``torch.compile(fullgraph=True)`` and reused by every :func:`decode` call given it (AISP's
+    iterations, Best-of-N's rounds): on CUDA ``mode="reduce-overhead"`` captures it as a CUDA graph.
+
+    The prompts (all but their last token) are prefilled once into a static cache of B rows, which is
+    forked into the N-row cache the step runs on, and copied into that same cache again (in place)
+    before every later decode. The head transform is called with ``step`` as an int64 ``[1]`` device
+    tensor updated in place and with the same ``active`` tensor every step, so the traced graph does
+    not depend on the step; a transform that keeps tensors of its own (AISP's control, ``udot``) must
+    update them in place too. Ops inside it must be traceable (fastalign's are ``torch.library``
+    operators).
+
+    Args:
+        model: the causal LM (its config must build a ``transformers.StaticCache``).
+        prompt_cache: :func:`prefill` of the B prompts (its ids and mask are used; the static prefill
+            is computed here).
+        repeats, max_new_tokens: the shape every decode call with this step must have.
+        transform: the head transform (as for :func:`decode`), fixed for the life of the step.
+        mode: ``torch.compile`` mode (default ``"reduce-overhead"`` on CUDA, Inductor's default on CPU).
+    """
+
+    def __init__(self, model, prompt_cache: PromptCache, *, repeats: int, max_new_tokens: int, transform=None,
+                 mode: str | None = None):
+        from transformers import StaticCache
+
+        self.model, self.api = model, model_interface(model)
+        self.repeats, self.max_new_tokens, self.transform = repeats, max_new_tokens, transform
+        B, P = prompt_cache.input_ids.shape
+        self.rows = B * repeats
+        self.index = torch.arange(B).repeat_interleave(repeats)
+        device = prompt_cache.input_ids.device
+        config = model.config.get_text_config(decoder=True)
+        self.prompt_static = StaticCache(config=config, max_cache_len=P + max_new_tokens)
+        if P < 2:
+            raise ValueError("compile: the compiled step needs prompts of at least 2 tokens (a static cache is "
+                             "filled by the prefill of all but the last one)")
+        self._prefill(prompt_cache)
+        self.cache = fork_cache(self.prompt_static, B, repeats)
+        self.fresh = True
+        self.step = torch.zeros(1, dtype=torch.int64, device=device)
+        self.active = torch.ones(self.rows, dtype=torch.bool, device=device)
+        if mode is None and device.type == "cuda":
+            mode = "reduce-overhead"
+        self.forward = torch.compile(self._forward, fullgraph=True, dynamic=False, mode=mode)
+        # one hook for the life of the step (a new hook per decode would retrace), active only inside
+        # decode(): other forwards of the model meanwhile (a greedy baseline, a reward) are untouched
+        self._enabled = False
+        self._handle = output_head(model).register_forward_pre_hook(self._hook) if transform is not None else None
+
+    def _hook(self, module, args):
+        if not self._enabled:
+            return None
+        h = args[0]
+        return (_with_last_position(h, self.transform(h[:, -1, :], self.step, self.active)), *args[1:])
+
+    @contextlib.contextmanager
+    def hooked(self):
+        """The block runs with this step's head transform applied."""
+        self._enabled = True
+        try:
+            yield
+        finally:
+            self._enabled = False
+
+    def close(self) -> None:
+        """Remove the head hook from the model (the step cannot be used afterwards)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> "CompiledStep":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @torch.no_grad()
+    def _prefill(self, prompt_cache: PromptCache) -> None:
+        ids, mask = prompt_cache.input_ids[:, :-1], prompt_cache.attention_mask[:, :-1]
+        position = _position_ids(mask)
+        kwargs = {"input_ids": ids, "use_cache": True, "attention_mask": self._mask(mask, position,
+                                                                                  self.prompt_static),
+                  self.api.cache_kwarg: self.prompt_static}
+        if self.api.position_ids:
+            kwargs["position_ids"] = position
+        if self.api.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        self.model(**kwargs)
+
+    def _mask(self, mask2d: torch.Tensor, position: torch.Tensor, cache):
+        """The attention mask a static cache needs (what ``generate`` builds for compileable caches: a 4D
+        mask over the whole cache length, made outside the compiled region)."""
+        if all(getattr(cache, "is_linear", [False])):
+            return mask2d if mask2d.shape[1] > 1 else None
+        from transformers.masking_utils import create_masks_for_generate
+
+        make = getattr(self.model, "create_masks_for_generate", create_masks_for_generate)
+        embeds = torch.empty((mask2d.shape[0], position.shape[1], 0), dtype=self.model.dtype, device=mask2d.device)
+        return make(config=self.model.config, inputs_embeds=embeds, attention_mask=mask2d, cache=cache,
+                    position_ids=position)
+
+    def _forward(self, input_ids, position_ids, attention_mask):
+        kwargs = {"input_ids": input_ids, "use_cache": True, self.api.cache_kwarg: self.cache}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if self.api.position_ids:
+            kwargs["position_ids"] = position_ids
+        if self.api.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs).logits[:, -1, :].float()
+
+    def start(self) -> None:
+        """Put the prompt cache back into the running cache (in place) before a decode."""
+        if not self.fresh:
+            refork_in_place(self.cache, self.prompt_static, self.index)
+        self.fresh = False
+
+    def __call__(self, input_ids, position_ids, mask2d, step: int) -> torch.Tensor:
+        """Logits ``[N, V]`` (float32, a fresh tensor) of one decode step."""
+        self.step.fill_(step)
+        mask = self._mask(mask2d, position_ids, self.cache) if self.api.mask_on_decode or mask2d is None else None
+        return self.forward(input_ids, position_ids, mask).clone()
