@@ -111,8 +111,8 @@ class _Perturbation:
         if step >= tau:
             return h
         z = ops.aisp_perturb(h.reshape(B, self.n, d), self.u, sigma=self.sigma, seed=self.seeds,
-                             iteration=self.iteration, step=step, udot=self.udot, active=active.view(B, self.n),
-                             backend=self.backend)
+                             iteration=self.iteration, step=step, udot=self.udot,
+                             active=active.view(B, self.n).to(self.u.device), backend=self.backend)
         return z.view(B * self.n, d)
 
 
@@ -184,7 +184,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
     head = engine.output_head(model)
-    device = head.weight.device
+    device = engine.head_device(model)  # control and noise live where the head computes
     _common.check_backend(backend, device)
     say = _common.Progress(progress, "aisp")
     t0 = time.perf_counter()
@@ -200,7 +200,8 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         return rewards
 
     with engine.eval_mode(model):
-        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template, device=device)
+        encoded = _common.encode_and_prefill(model, tokenizer, prompts, chat_template=chat_template,
+                                             device=engine.input_device(model))
         base_texts = base_rewards = None
         if with_base:
             base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,

@@ -55,7 +55,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     engine.model_interface(model)  # a model the engine cannot decode is rejected before any work
-    device = engine.output_head(model).weight.device
+    device = engine.input_device(model)  # where the inputs and the logits are
     say = _common.Progress(progress, "bon")
     t0 = time.perf_counter()
 
