@@ -483,6 +483,13 @@ def _as_dict(result) -> dict:
     raise TypeError(f"align_batch: expected AlignResult objects or dicts, got {type(result).__name__}")
 
 
+def _plain(obj):
+    """``json.dumps`` fallback: numpy scalars/arrays and tensors as plain numbers and lists."""
+    if callable(getattr(obj, "tolist", None)):
+        return obj.tolist()
+    raise TypeError(f"align_batch: a result field of type {type(obj).__name__} is not JSON-serialisable")
+
+
 def _lines(results, indices: Sequence[int], missing: Iterable[int]) -> bytes:
     """The part-file lines ``{"index": i, **result}`` of the batch's prompts that are still missing."""
     if not isinstance(results, (list, tuple)):
@@ -495,7 +502,7 @@ def _lines(results, indices: Sequence[int], missing: Iterable[int]) -> bytes:
         if i in wanted:
             rec = {"index": i}
             rec.update((k, v) for k, v in _as_dict(result).items() if k != "index")
-            out.append(json.dumps(rec).encode("utf-8") + b"\n")
+            out.append(json.dumps(rec, default=_plain).encode("utf-8") + b"\n")
     return b"".join(out)
 
 
@@ -505,6 +512,7 @@ def _run_rank(d: Dist, items, batches, mine, folder: Path, run_id: str, align_ba
     stats = {"run_id": run_id, "rank": d.rank, "device": str(d.device), "prompts": 0, "batches": 0,
              "load_seconds": 0.0, "align_seconds": 0.0}
     if mine:
+        folder.mkdir(exist_ok=True)  # on a shared file system rank 0's new folder may show up late here
         part = _part_file(folder, d.rank)
         _cut_partial_tail(part)
         t0 = time.perf_counter()

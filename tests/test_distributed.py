@@ -215,8 +215,8 @@ def test_align_file_python_api_resumes_only_the_missing_batches(tmp_path):
         if len(seen) == 3 and not (tmp_path / "crashed").exists():
             (tmp_path / "crashed").touch()
             raise KeyboardInterrupt
-        return [{"prompt": it["prompt"], "method": "echo", "reward": float(len(it["prompt"])), "reward_calls": 2}
-                for it in batch]
+        return [{"prompt": it["prompt"], "method": "echo", "reward": float(len(it["prompt"])), "reward_calls": 2,
+                 "extra": {"tensor": torch.tensor([0.5, 1.0])}} for it in batch]
 
     out = tmp_path / "o.jsonl"
     with pytest.raises(KeyboardInterrupt):
@@ -224,6 +224,7 @@ def test_align_file_python_api_resumes_only_the_missing_batches(tmp_path):
     summary = distributed.align_file(items, out, align_batch, batch_size=2, progress=False)
     assert seen == [["p0", "p1"], ["p2", "p3"], ["p4", "p5"], ["p4", "p5"], ["p6"]]
     assert [r["index"] for r in records(out)] == list(range(7))
+    assert all(r["extra"] == {"tensor": [0.5, 1.0]} for r in records(out))  # tensors become lists
     assert summary["resumed"] == 4 and summary["aligned"] == 3
     assert summary["methods"] == {"echo": {"prompts": 7, "mean_reward": 2.0, "mean_base_reward": None, "reward_calls": 14}}
     with pytest.raises(ValueError, match="expected 1 results .* got 2"):  # one result per prompt
