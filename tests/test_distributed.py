@@ -381,3 +381,19 @@ def test_head_on_the_gpu_embeddings_on_the_cpu():
     assert split.lm_head.weight.device == torch.device("cuda", 0)
     assert engine.head_device(split) == torch.device("cuda", 0) and engine.input_device(split) == torch.device("cpu")
     _assert_same_results(model, split, exact=False)
+
+
+def test_a_second_job_on_the_same_output_is_refused(tmp_path):
+    out = tmp_path / "o.jsonl"
+    folder = distributed.parts_dir(out)
+    folder.mkdir()
+    held = distributed._lock(folder)  # what a running job's rank 0 holds
+    if held is None:
+        pytest.skip("no fcntl here")
+    try:
+        with pytest.raises(ValueError, match="another run is writing"):
+            distributed.align_file([{"prompt": "p"}], out, lambda b: [{}] * len(b), progress=False)
+    finally:
+        held.close()
+    distributed.align_file([{"prompt": "p"}], out, lambda b: [{"prompt": "p"}], progress=False)
+    assert records(out) == [{"index": 0, "prompt": "p"}]
