@@ -36,14 +36,14 @@ def check_float(value, name: str, *, positive=False, lo=None, hi=None) -> float:
 
 def check_model_and_reward(model, reward, backend) -> torch.device:
     """Checks every method makes before any work: the reward is callable, the engine can decode the
-    model (:func:`fastalign.engine.model_interface`), the fused-op backend runs on the model's output
-    device. Returns that device (where the prompts and the fused ops' tensors go)."""
+    model (:func:`fastalign.engine.model_interface`), the fused-op backend runs where the output head
+    computes (where AISP's control and noise live). Returns the input embeddings' device (where the
+    prompts go; another device than the head's when the model is spread by ``device_map``)."""
     if not callable(reward):
         raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     engine.model_interface(model)
-    device = engine.output_head(model).weight.device
-    check_backend(backend, device)
-    return device
+    check_backend(backend, engine.head_device(model))
+    return engine.input_device(model)
 
 
 def check_backend(backend, device: torch.device) -> None:

@@ -112,8 +112,8 @@ class _Perturbation:
         if step >= tau:
             return h
         z = ops.aisp_perturb(h.reshape(B, self.n, d), self.u, sigma=self.sigma, seed=self.seeds,
-                             iteration=self.iteration, step=step, udot=self.udot, active=active.view(B, self.n),
-                             backend=self.backend)
+                             iteration=self.iteration, step=step, udot=self.udot,
+                             active=active.view(B, self.n).to(self.u.device), backend=self.backend)
         return z.view(B * self.n, d)
 
 
@@ -222,8 +222,8 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
     """AISP on already encoded prompts (what :func:`aisp_generate` and :mod:`fastalign.hf` share): one
     :class:`~fastalign.results.AlignResult` per prompt."""
     st = settings
-    device = encoded.input_ids.device
     head = engine.output_head(model)
+    device = engine.head_device(model)  # control and noise live where the head computes
     say = _common.Progress(progress, "aisp")
     t0 = time.perf_counter()
     prompts = encoded.texts

@@ -5,8 +5,13 @@ Subcommands::
     fastalign check [--backend NAME] [--quick] [--json]     every backend against the float64 reference
     fastalign info [--json]                                 versions, backends and why not, cache folders
     fastalign bench [--op OP] [--provider P] [--threads 1,all] [--csv F] [--json] [--plot F.png] [--e2e]
-    fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [--n N]
+    fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [-n N]
                     [--iterations K] [--seed S] [--backend B] [--json] [--prompts-file F.jsonl]
+                    [--out results.jsonl] [--device-map auto]
+
+``align --out F`` writes the results to a file through :mod:`fastalign.distributed`: resumable, and
+shared out over the ranks when started by ``torchrun --nproc-per-node N -m fastalign align ...``
+(spell the rollouts option ``-n`` or ``--rollouts`` there: torchrun's own parser rejects ``--n``).
 
 Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
 (an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
@@ -313,25 +318,14 @@ def _read_prompts(args) -> list[dict]:
     if args.prompts_file and args.prompt:
         raise UsageError("give either PROMPT arguments or --prompts-file, not both")
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
+        from fastalign import distributed
+
+        if not Path(args.prompts_file).is_file():
             raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
-        items = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"--prompts-file: line {lineno} is not JSON ({exc.msg})") from None
-            if isinstance(obj, str):
-                obj = {"prompt": obj}
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-                raise UsageError(f"--prompts-file: line {lineno}: expected an object with a non-empty \"prompt\"")
-            items.append(obj)
-        if not items:
-            raise UsageError(f"--prompts-file: {args.prompts_file!r} holds no prompts")
-        return items
+        try:  # every bad line at once, with its number
+            return distributed.read_prompts(args.prompts_file)
+        except ValueError as exc:
+            raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
     if not args.prompt:
         raise UsageError("align: give a PROMPT (or several, or --prompts-file FILE.jsonl)")
     for i, prompt in enumerate(args.prompt, 1):
@@ -355,10 +349,10 @@ def _setting(args, method: str, key: str):
     return ALIGN_DEFAULTS[method].get(key) if value is None else value
 
 
-def _align_batch(args, model, tokenizer, reward, prompts: list[str]) -> list:
+def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: bool | None = None) -> list:
     """Run the chosen method on one batch of prompts; returns AlignResult objects."""
     method = args.method
-    progress = not args.quiet
+    progress = not args.quiet if progress is None else progress
     common = dict(seed=args.seed, progress=progress)
     if method == "aisp":
         from fastalign.aisp import aisp_generate
@@ -392,11 +386,17 @@ def _describe(args) -> dict:
     return out
 
 
+def _result_dict(res, args, target: str) -> dict:
+    """What a JSON line holds for one result: every field of ``res.to_dict()``, the target, the
+    settings and the backend."""
+    d = res.to_dict()
+    d.update(target=target, settings=_describe(args), backend=args.backend or os.environ.get("FASTALIGN_BACKEND", "auto"))
+    return d
+
+
 def _print_result(res, args, target: str) -> None:
     if args.json or args.prompts_file:
-        d = res.to_dict()
-        d.update(target=target, settings=_describe(args), backend=args.backend or os.environ.get("FASTALIGN_BACKEND", "auto"))
-        print(json.dumps(d), flush=True)
+        print(json.dumps(_result_dict(res, args, target)), flush=True)
         return
     def fmt(x):
         return "-" if x is None else f"{x:.4f}"
@@ -411,6 +411,69 @@ def _print_result(res, args, target: str) -> None:
     trace = " ".join(f"{m:.3f}/{x:.3f}" for m, x in res.trace) if res.trace_mean else "-"
     print(f"\nreward calls: {res.reward_calls}   time: {res.seconds:.1f} s   reward mean/max per round: {trace}")
     print("-" * 72, flush=True)
+
+
+class _Aligner:
+    """The policy and the reward encoder, loaded once by :meth:`load`, and the chosen method over
+    batches of prompt items (one target per batch)."""
+
+    def __init__(self, args, default_target: str):
+        self.args, self.default_target = args, default_target
+        self.rewards: dict = {}
+
+    def target(self, item: dict) -> str:
+        return item.get("target", self.default_target)
+
+    def load(self, placement: dict, announce: bool) -> None:
+        """Load the models; ``placement``: device or device_map keywords of ``models.load_model``."""
+        from fastalign import engine, models
+
+        if announce:
+            _info("fastalign align: loading the model and the reward")
+        self.model, self.tokenizer = models.load_model(self.args.model, **placement)
+        device = engine.input_device(self.model) if placement else None
+        self.encoder, self.enc_tokenizer = models.load_embedding_model(self.args.reward, device=device)
+
+    def __call__(self, batch: list[dict], progress: bool | None = None) -> list:
+        from fastalign.rewards import EmbeddingSimilarityReward
+
+        target = self.target(batch[0])
+        if target not in self.rewards:
+            self.rewards[target] = EmbeddingSimilarityReward(target, model=self.encoder, tokenizer=self.enc_tokenizer)
+        results = _align_batch(self.args, self.model, self.tokenizer, self.rewards[target],
+                               [it["prompt"] for it in batch], progress=progress)
+        return results if isinstance(results, list) else [results]
+
+
+#: align options that do not change the results: left out of the settings a resumed --out run must match
+_NOT_RESULT_SETTINGS = {"func", "command", "prompt", "prompts_file", "out", "quiet", "json", "threads"}
+
+
+def _run_settings(args) -> dict:
+    settings = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULT_SETTINGS}
+    settings["resolved"] = _describe(args)
+    return settings
+
+
+def _align_to_file(args, items: list[dict], aligner: _Aligner) -> int:
+    """``align --out F``: through :func:`fastalign.distributed.align_file` (sharded under torchrun, resumable)."""
+    from fastalign import distributed
+
+    d = distributed.init()
+    try:
+        def align_batch(batch):
+            target = aligner.target(batch[0])
+            return [_result_dict(res, args, target) for res in aligner(batch, progress=False)]
+
+        summary = distributed.align_file(
+            items, args.out, align_batch, batch_size=args.batch_size, group_key=aligner.target,
+            prepare=lambda: aligner.load(distributed.model_placement(d, args.device_map), announce=False),
+            settings=_run_settings(args), dist=d, progress=not args.quiet)
+    finally:
+        distributed.close(d)
+    if summary is not None and args.json:
+        print(json.dumps(summary), flush=True)
+    return 0
 
 
 def cmd_align(args) -> int:
@@ -429,10 +492,12 @@ def cmd_align(args) -> int:
     from fastalign import models
 
     default_target = args.target or models.DEFAULT_TARGET
-    for item in items:
-        t = item.get("target", default_target)
-        if not isinstance(t, str) or not t.strip():
-            raise UsageError(f"--prompts-file: prompt {item['prompt'][:40]!r} has an empty or non-text \"target\"")
+    if args.out is None and _int_env("WORLD_SIZE") > 1:
+        raise UsageError("--out: the processes of a torchrun job write their results to a file: give --out FILE.jsonl")
+    if args.out is not None and not Path(args.out).expanduser().resolve().parent.is_dir():
+        raise UsageError(f"--out: the folder of {args.out!r} does not exist")
+    if args.device_map is not None:
+        models.require("accelerate", "--device-map")
     if args.threads:
         import torch
 
@@ -449,35 +514,25 @@ def cmd_align(args) -> int:
             raise UsageError(f"--backend: {exc}") from None
     models.check_source(args.model, "--model")
     models.check_source(args.reward, "--reward", reward=True)
-    quiet = args.quiet
-    if not quiet:
-        _info("fastalign align: loading the model and the reward")
-    model, tokenizer = models.load_model(args.model)
-    encoder, enc_tokenizer = models.load_embedding_model(args.reward)
-    from fastalign.rewards import EmbeddingSimilarityReward
+    aligner = _Aligner(args, default_target)
+    if args.out is not None:
+        return _align_to_file(args, items, aligner)
+    from fastalign.distributed import make_batches
 
-    rewards: dict = {}
-    # consecutive prompts with the same target form a batch of at most --batch-size
-    batch: list[dict] = []
-
-    def flush():
-        if not batch:
-            return
-        target = batch[0].get("target", default_target)
-        if target not in rewards:
-            rewards[target] = EmbeddingSimilarityReward(target, model=encoder, tokenizer=enc_tokenizer)
-        results = _align_batch(args, model, tokenizer, rewards[target], [it["prompt"] for it in batch])
-        for res in (results if isinstance(results, list) else [results]):
-            _print_result(res, args, target)
-        batch.clear()
-
-    for item in items:
-        if batch and (len(batch) >= args.batch_size or item.get("target", default_target)
-                      != batch[0].get("target", default_target)):
-            flush()
-        batch.append(item)
-    flush()
+    aligner.load({"device_map": args.device_map} if args.device_map else {}, announce=not args.quiet)
+    # consecutive prompts with the same target form a batch of at most --batch-size (as with --out)
+    for batch in make_batches(items, args.batch_size, aligner.target):
+        batch_items = [items[i] for i in batch]
+        for res in aligner(batch_items):
+            _print_result(res, args, aligner.target(batch_items[0]))
     return 0
+
+
+def _int_env(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "") or 0)
+    except ValueError:
+        return 0
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -530,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--target", help="description of the wanted response (embedding-similarity reward)")
     a.add_argument("--model", help="causal LM: Hugging Face id, local directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
     a.add_argument("--reward", help="sentence-embedding model for the reward (default: embedded all-MiniLM-L6-v2)")
-    a.add_argument("--n", type=_positive_int, default=None,
-                   help="AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1)")
+    a.add_argument("-n", "--rollouts", "--n", dest="n", type=_positive_int, default=None,
+                   help="AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1). "
+                        "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)")
     a.add_argument("--iterations", type=_positive_int, default=None, help="AISP iterations (4) / SEA steps (20)")
     a.add_argument("--max-new-tokens", type=_positive_int, default=None, help="response length in tokens")
     a.add_argument("--sigma", type=_positive_float, default=None, help="AISP noise scale")
@@ -543,7 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=_seed, default=0)
     a.add_argument("--backend", type=_backend_name, default=None, help="fused-op backend (default: auto)")
     a.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
-    a.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    a.add_argument("--out", metavar="F.jsonl",
+                   help="write one JSON line per prompt (with its \"index\") to this file, in input order; "
+                        "resumable (rerun the same command after a crash), sharded over the ranks under torchrun")
+    a.add_argument("--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"), default=None,
+                   help="spread the policy over the GPUs (and CPU) with accelerate's big-model placement")
+    a.add_argument("--json", action="store_true", help="print one JSON object per prompt (with --out: the run's summary)")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a.set_defaults(func=cmd_align)
     return p

@@ -1,7 +1,10 @@
 """The decode engine shared by AISP, SEA and Best-of-N: the model's output head and the hook that
 perturbs its input, and the batched decode loop with the KV cache.
 
-* :func:`output_head` finds a causal LM's output projection (``model.get_output_embeddings()``).
+* :func:`output_head` finds a causal LM's output projection (``model.get_output_embeddings()``);
+  :func:`head_device` / :func:`input_device` say where the head and the input embeddings compute, also
+  for a model spread over devices by accelerate (``from_pretrained(device_map=...)``), where a module's
+  weights may sit on ``"meta"`` (offloaded) and be loaded for each forward.
 * :func:`perturb_head_input` edits the head's *input* (the final normalised hidden state, the
   "pre-logits") with a forward-pre-hook, so logits still come from the model's own forward and keep
   its post-processing (e.g. Gemma-2's final logit soft-capping). The KV cache is never touched.
@@ -28,8 +31,11 @@ __all__ = [
     "decode",
     "eval_mode",
     "fork_cache",
+    "head_device",
+    "input_device",
     "input_embedding",
     "model_interface",
+    "module_device",
     "output_head",
     "perturb_head_input",
     "prefill",
@@ -49,6 +55,31 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     return head
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on: accelerate's execution device when the module is dispatched
+    (``device_map=``; its weights may then be on ``"meta"`` and loaded per forward), else the device
+    of its first parameter (CPU for a module without parameters)."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def head_device(model: torch.nn.Module) -> torch.device:
+    """Where the output head computes: the device of its input inside the head hook (AISP keeps its
+    control and noise there)."""
+    return module_device(output_head(model))
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the input embeddings compute: the device for ``input_ids`` and attention masks."""
+    emb = model.get_input_embeddings()
+    return module_device(emb) if isinstance(emb, torch.nn.Module) else head_device(model)
+
+
 def input_embedding(model: torch.nn.Module) -> tuple[torch.Tensor, float]:
     """``(E [V, d], scale)``: the input embedding matrix and the factor the embedding module
     multiplies looked-up rows by (Gemma's ``sqrt(d)``; 1.0 for most models), so that
@@ -56,6 +87,9 @@ def input_embedding(model: torch.nn.Module) -> tuple[torch.Tensor, float]:
     emb = model.get_input_embeddings()
     if emb is None or not hasattr(emb, "weight"):
         raise ValueError(f"model: {type(model).__name__} has no input embedding matrix")
+    if emb.weight.is_meta:
+        raise ValueError("model: the input embedding matrix is offloaded (its weight is on 'meta'); soft tokens "
+                         "need it in device memory: load with a device_map that keeps the embeddings on a device")
     scale = getattr(emb, "embed_scale", None)
     if isinstance(scale, torch.Tensor):
         scale = float(scale.item())
@@ -76,14 +110,18 @@ def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor
 
     The transform sees exactly the head's input (the final normalised hidden state), so everything
     the model does after the head (soft-capping, scaling) still applies. ``transform=None`` is a no-op.
+    The hidden state is moved to :func:`head_device` first (where accelerate would move it next for a
+    model spread over devices), so the transform works on the head's device.
     """
     if transform is None:
         yield
         return
     head = output_head(model)
+    device = module_device(head)
 
     def hook(module, args):
-        return (_with_last_position(args[0], transform(args[0][:, -1, :])), *args[1:])
+        h = args[0].to(device)
+        return (_with_last_position(h, transform(h[:, -1, :])), *args[1:])
 
     handle = head.register_forward_pre_hook(hook)
     try:
@@ -331,7 +369,8 @@ class _Running:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
         self.cache = _returned_cache(out, api)
-        return out.logits[:, -1, :].float()
+        # the head may sit on another device than the inputs (device_map): logits come back to the inputs
+        return out.logits[:, -1, :].to(device=self.mask.device, dtype=torch.float32)
 
     def advance(self, nxt: torch.Tensor) -> None:
         """Feed the chosen tokens ``[N]`` (all rollouts) to the running rows."""
@@ -400,9 +439,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     all_logits = [] if return_logits else None
     state = {"step": 0}
 
-    def head_transform(h):
-        z = transform(_scatter_rows(h, run.rows, N), state["step"], active)
-        return z if run.rows is None else z[run.rows]
+    def head_transform(h):  # h on the head's device, which may differ from the inputs' device
+        rows = None if run.rows is None else run.rows.to(h.device)
+        z = transform(_scatter_rows(h, rows, N), state["step"], active)
+        return z if rows is None else z[rows]
 
     hook = head_transform if transform is not None else None
     with perturb_head_input(model, hook), (compiled.hooked() if compiled is not None else contextlib.nullcontext()):

@@ -133,7 +133,7 @@ def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config
     if text_tokenizer is None:
         raise ValueError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
                          "(text_tokenizer=tokenizer; generate keeps tokenizer= for itself)")
-    device = engine.output_head(model).weight.device
+    device = engine.input_device(model)
     ids, mask = _left_padded(input_ids.to(device), attention_mask)
     texts = [text_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
     eos_ids, pad_id = _eos_and_pad(generation_config, model)

