@@ -3,6 +3,7 @@ besides the engine: argument checks, the backend check before any model work, pr
 stderr and the greedy baseline response."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
 __all__ = ["check_int", "check_float", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
-           "greedy_baseline"]
+           "compiled_step", "greedy_baseline"]
 
 
 def check_int(value, name: str, lo: int = 1) -> int:
@@ -104,6 +105,22 @@ class EncodedPrompts:
     def responses(self, tokenizer, rollouts: engine.Rollouts) -> tuple[list[str], list[list[int]]]:
         """Decoded texts and ids of ``rollouts`` (EOS dropped)."""
         return response_texts(tokenizer, rollouts.tokens, rollouts.lengths, self.eos_ids)
+
+
+@contextlib.contextmanager
+def compiled_step(model, encoded: EncodedPrompts, enabled: bool, *, repeats: int, max_new_tokens: int,
+                  transform=None):
+    """A :class:`fastalign.engine.CompiledStep` for ``repeats`` rollouts per prompt when ``enabled``
+    (its hook removed afterwards), else None: pass it to ``encoded.decode(compiled=...)``."""
+    if not enabled:
+        yield None
+        return
+    step = engine.CompiledStep(model, encoded.prefill(model).prompt_cache, repeats=repeats,
+                               max_new_tokens=max_new_tokens, transform=transform)
+    try:
+        yield step
+    finally:
+        step.close()
 
 
 def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,

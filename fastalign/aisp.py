@@ -94,25 +94,34 @@ def resolve_sigma(sigma: float | None, variance: float | None, default: float) -
 
 class _Perturbation:
     """The head transform of one AISP call: ``z = h + u[:, step] + sigma * eps`` for the ``n`` rollouts of
-    each prompt at the current iteration, accumulating ``udot`` for the update (``[B, n]``)."""
+    each prompt at the current iteration, accumulating ``udot`` for the update (``[B, n]``).
+
+    Its tensors (control, ``udot``, iteration counter) are updated in place between iterations, so a
+    compiled decode step (:class:`fastalign.engine.CompiledStep`) traces it once: there ``step`` arrives
+    as an int64 device tensor and the iteration goes in as one too (past the horizon the op itself
+    returns ``h``)."""
 
     def __init__(self, u: torch.Tensor, n: int, sigma: float, seeds: torch.Tensor, backend):
-        self.u, self.n, self.sigma, self.seeds, self.backend = u, n, sigma, seeds, backend
+        self.u, self.n, self.sigma, self.seeds, self.backend = u.clone(), n, sigma, seeds, backend
         B = u.shape[0]
         self.udot = torch.zeros(B, n, dtype=torch.float32, device=u.device)
         self.iteration = 0
+        self.iteration_t = torch.zeros(1, dtype=torch.int64, device=u.device)
 
     def start(self, iteration: int, u: torch.Tensor) -> None:
         """Reset for an iteration that decodes around the control ``u``."""
-        self.iteration, self.u = iteration, u
+        self.u.copy_(u)
         self.udot.zero_()
+        self.iteration = iteration
+        self.iteration_t.fill_(iteration)
 
-    def __call__(self, h: torch.Tensor, step: int, active: torch.Tensor) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor, step, active: torch.Tensor) -> torch.Tensor:
         B, tau, d = self.u.shape
-        if step >= tau:
+        traced = isinstance(step, torch.Tensor)
+        if not traced and step >= tau:
             return h
         z = ops.aisp_perturb(h.reshape(B, self.n, d), self.u, sigma=self.sigma, seed=self.seeds,
-                             iteration=self.iteration, step=step, udot=self.udot,
+                             iteration=self.iteration_t if traced else self.iteration, step=step, udot=self.udot,
                              active=active.view(B, self.n).to(self.u.device), backend=self.backend)
         return z.view(B * self.n, d)
 
@@ -143,10 +152,11 @@ class AispSettings:
     final_samples: int
     seed: object
     backend: str | None
+    compile: bool = False
 
     @classmethod
     def check(cls, *, n, iterations, sigma, variance, lam, alpha, horizon, max_new_tokens, normalize_rewards,
-              mean_rollout, final_samples, seed, backend) -> "AispSettings":
+              mean_rollout, final_samples, seed, backend, compile=False) -> "AispSettings":
         max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
         tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
         if tau > max_new_tokens:
@@ -157,7 +167,7 @@ class AispSettings:
                    alpha=_common.check_float(alpha, "alpha", lo=0.0, hi=1.0), horizon=tau,
                    max_new_tokens=max_new_tokens, normalize_rewards=bool(normalize_rewards),
                    mean_rollout=bool(mean_rollout), final_samples=_common.check_int(final_samples, "final_samples", lo=0),
-                   seed=seed, backend=backend)
+                   seed=seed, backend=backend, compile=bool(compile))
 
     @property
     def reward_calls(self) -> int:
@@ -168,7 +178,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                   variance: float | None = None, lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None,
                   max_new_tokens: int = 128, normalize_rewards: bool = False, mean_rollout: bool = False,
                   final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
-                  with_base: bool = False, progress: bool = True):
+                  with_base: bool = False, compile: bool = False, progress: bool = True):
     """Align responses to ``prompts`` with AISP.
 
     Args:
@@ -198,6 +208,10 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         backend: fused-op backend (None: ``$FASTALIGN_BACKEND``, else ``"auto"``).
         with_base: also decode the greedy unperturbed response and score it (``base_response``,
             ``base_reward``; not counted in ``reward_calls``).
+        compile: run the iterations' decode step compiled (:class:`fastalign.engine.CompiledStep`: a static
+            cache, ``torch.compile(fullgraph=True)`` of the forward with the fused op inside, replayed as a
+            CUDA graph on a GPU). Pays a compilation once per call; the tokens equal the eager ones up to
+            rounding of the compiled kernels.
         progress: one line per iteration on stderr.
 
     Returns:
@@ -210,7 +224,8 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
     prompts = encoding.check_prompts(prompts)
     settings = AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam, alpha=alpha,
                                   horizon=horizon, max_new_tokens=max_new_tokens, normalize_rewards=normalize_rewards,
-                                  mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend)
+                                  mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend,
+                                  compile=compile)
     device = _common.check_model_and_reward(model, reward, backend)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
@@ -245,17 +260,20 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
                                                                max_new_tokens=st.max_new_tokens)
         u = torch.zeros(B, st.horizon, _head_width(head), dtype=torch.float32, device=device)
         perturb = _Perturbation(u, st.n, st.sigma, seeds, st.backend)
-        for it in range(st.iterations):
-            perturb.start(it, u)
-            roll = encoded.decode(model, repeats=st.n, max_new_tokens=st.max_new_tokens, transform=perturb)
-            rewards = score(roll, st.n)
-            lengths = roll.lengths.clamp_max(st.horizon).view(B, st.n).to(device)
-            u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=st.normalize_rewards,
-                                sigma=st.sigma, lam=st.lam, alpha=st.alpha, seeds=seeds, iteration=it,
-                                backend=st.backend)
-            say(f"iteration {it + 1}/{st.iterations}: mean reward "
-                + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-                + ", ".join(fmt(best.reward[b]) for b in range(B)) + f" ({time.perf_counter() - t0:.1f} s)")
+        with _common.compiled_step(model, encoded, st.compile, repeats=st.n, max_new_tokens=st.max_new_tokens,
+                                   transform=perturb) as step:
+            for it in range(st.iterations):
+                perturb.start(it, u)
+                roll = encoded.decode(model, repeats=st.n, max_new_tokens=st.max_new_tokens, compiled=step,
+                                      transform=None if step else perturb)
+                rewards = score(roll, st.n)
+                lengths = roll.lengths.clamp_max(st.horizon).view(B, st.n).to(device)
+                u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=st.normalize_rewards,
+                                    sigma=st.sigma, lam=st.lam, alpha=st.alpha, seeds=seeds, iteration=it,
+                                    backend=st.backend)
+                say(f"iteration {it + 1}/{st.iterations}: mean reward "
+                    + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
+                    + ", ".join(fmt(best.reward[b]) for b in range(B)) + f" ({time.perf_counter() - t0:.1f} s)")
         if st.final_samples:
             final = _Perturbation(u, st.final_samples, st.sigma, seeds, st.backend)
             # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise

@@ -34,9 +34,10 @@ class BonSettings:
     seed: object
     max_new_tokens: int
     batch_size: int
+    compile: bool = False
 
     @classmethod
-    def check(cls, *, n, temperature, top_p, top_k, seed, max_new_tokens, batch_size) -> "BonSettings":
+    def check(cls, *, n, temperature, top_p, top_k, seed, max_new_tokens, batch_size, compile=False) -> "BonSettings":
         top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
         if top_p == 0.0:
             raise ValueError("top_p: expected a value in (0, 1], got 0.0")
@@ -44,12 +45,13 @@ class BonSettings:
                    temperature=_common.check_float(temperature, "temperature", lo=0.0, hi=math.inf),
                    top_p=top_p, top_k=_common.check_int(top_k or 0, "top_k", lo=0), seed=seed,
                    max_new_tokens=_common.check_int(max_new_tokens, "max_new_tokens"),
-                   batch_size=_common.check_int(batch_size, "batch_size"))
+                   batch_size=_common.check_int(batch_size, "batch_size"), compile=bool(compile))
 
 
 def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed=0, max_new_tokens: int = 128, batch_size: int = 64,
-                 chat_template: bool | None = None, with_base: bool = False, progress: bool = True):
+                 chat_template: bool | None = None, with_base: bool = False, compile: bool = False,
+                 progress: bool = True):
     """Best-of-``n`` sampling.
 
     Args:
@@ -63,6 +65,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         batch_size: sequences decoded together (all prompts); each round decodes
             ``max(1, batch_size // B)`` samples of every prompt.
         with_base: also decode and score the greedy response (not counted in ``reward_calls``).
+        compile: run the rounds' decode step compiled (see :func:`fastalign.aisp.aisp_generate`).
         progress: one line per round on stderr.
 
     Returns:
@@ -72,7 +75,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
     settings = BonSettings.check(n=n, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile)
     device = _common.check_model_and_reward(model, reward, None)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
@@ -98,23 +101,27 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
         if with_base:
             base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
                                                                max_new_tokens=st.max_new_tokens)
-        for rnd in range(rounds):
-            start = rnd * per_round
-            m = min(per_round, st.n - start)
-            sample_idx = torch.arange(start, start + m, dtype=torch.int64, device=device).repeat(B)  # [B*m]
-            row_seeds = seeds.to(device).repeat_interleave(m)
+        with _common.compiled_step(model, encoded, st.compile, repeats=per_round,
+                                   max_new_tokens=st.max_new_tokens) as step:
+            for rnd in range(rounds):
+                start = rnd * per_round
+                m = min(per_round, st.n - start)
+                sample_idx = torch.arange(start, start + m, dtype=torch.int64, device=device).repeat(B)  # [B*m]
+                row_seeds = seeds.to(device).repeat_interleave(m)
 
-            def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
-                offsets = sample_idx * st.max_new_tokens + step
-                return sampling.sample_tokens(logits, row_seeds, offsets, temperature=st.temperature, top_p=st.top_p,
-                                              top_k=st.top_k)
+                def choose(logits, step, active, sample_idx=sample_idx, row_seeds=row_seeds):
+                    offsets = sample_idx * st.max_new_tokens + step
+                    return sampling.sample_tokens(logits, row_seeds, offsets, temperature=st.temperature,
+                                                  top_p=st.top_p, top_k=st.top_k)
 
-            roll = encoded.decode(model, repeats=m, max_new_tokens=st.max_new_tokens, choose=choose)
-            texts, id_lists = encoded.responses(tokenizer, roll)
-            rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
-            best.update(rewards, texts, id_lists)
-            say(f"round {rnd + 1}/{rounds} ({start + m}/{st.n} samples): best "
-                + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
+                # a shorter last round runs eagerly (the compiled step has a fixed batch)
+                roll = encoded.decode(model, repeats=m, max_new_tokens=st.max_new_tokens, choose=choose,
+                                      compiled=step if m == per_round else None)
+                texts, id_lists = encoded.responses(tokenizer, roll)
+                rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
+                best.update(rewards, texts, id_lists)
+                say(f"round {rnd + 1}/{rounds} ({start + m}/{st.n} samples): best "
+                    + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
     return [
