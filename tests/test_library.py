@@ -426,8 +426,9 @@ def test_compiled_error_if_nonfinite_still_raises_at_run_time():
 def test_compiled_decode_step_captured_in_a_cuda_graph_replays_new_steps_and_seeds(backend):
     """Inductor-compiled decode step (the cuda op opaque; the triton kernels traced through triton_op)
     captured once in a CUDA graph; replays with new step and seed values in the captured tensors match
-    eager calls. Inductor may contract mul+add into FMA inside the traced Triton kernels, so the triton
-    backend is held to the reference tolerance (and its tokens where eager's top-2 margin is clear)."""
+    eager calls: bit for bit for the cuda operator; for the triton kernels, which Inductor compiles and
+    may contract mul+add into FMA, to the reference tolerance. Tokens are compared where eager's top-2
+    logit margin is clear."""
     _gpu_backend(backend)
     dev = "cuda"
     B, n, tau, d, vocab = 2, 8, 3, 256, 96
@@ -465,12 +466,12 @@ def test_compiled_decode_step_captured_in_a_cuda_graph_replays_new_steps_and_see
         torch.cuda.synchronize()
         if backend == "cuda":
             assert torch.equal(z_static, z_e) and torch.equal(udot, udot_eager), t
-            assert torch.equal(tokens_static, tokens_e), t
         else:
             assert_matches_reference(z_static, z_e.double(), torch.float32, name=f"z step={t}")
             assert_matches_reference(udot, udot_eager.double(), torch.float32, name=f"udot step={t}",
                                      atol=FP32_TOL * d ** 0.5 * (t + 1))
-            top2 = torch.nn.functional.linear(z_e, head).topk(2, dim=-1).values
-            clear = (top2[..., 0] - top2[..., 1]) > 1e-3
-            assert torch.equal(tokens_static[clear], tokens_e[clear]), t
+        # the head's matmul may pick another cuBLAS algorithm when compiled: compare clear argmaxes
+        top2 = torch.nn.functional.linear(z_e, head).topk(2, dim=-1).values
+        clear = (top2[..., 0] - top2[..., 1]) > 1e-3
+        assert bool(clear.any()) and torch.equal(tokens_static[clear], tokens_e[clear]), t
     assert torch.equal(z_static, h)
