@@ -25,7 +25,8 @@ Cases (issue 4):
   sea_step with Adam; gaussian_perturb -> softmax), eager against ``torch.compile(fullgraph=True)`` of
   the same step, per fused backend that runs on the device (the op opaque, or traced through
   ``torch.library.triton_op`` for the triton backend on CUDA). Step counters and seeds are device
-  tensors, so one graph serves every step; ``speedup`` is eager / compiled.
+  tensors, so one graph serves every step; ``speedup`` is eager / compiled; eager and compiled are
+  measured interleaved.
 
 Each case runs with one thread and with all threads (``--threads``). Reported per row: median and
 minimum time, achieved bandwidth (GB/s of the bytes the op must move, the same byte count for every
@@ -301,7 +302,7 @@ def _compiled_loop_case(op: str, dims: dict, bytes_moved: int, normals: int) -> 
 
     shape = " ".join(f"{k}={v}" for k, v in dims.items())
     return Case(f"compiled_loop:{op}", shape, dims, bytes_moved=bytes_moved, normals=normals, make=make,
-                providers=providers, baseline=lambda provider: provider.split(" ")[0] + " eager")
+                providers=providers, baseline=lambda provider: provider.split(" ")[0] + " eager", interleave=True)
 
 
 def _compiled_loop_cases(quick: bool, es: int) -> list[Case]:
@@ -461,25 +462,32 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], device, *, rounds=15, calls=200,
-                     budget_s=2.0) -> dict[str, list[float]]:
-    """Per-call wall times in ms of each function, measured in alternating rounds (A B C A B C ...) of
-    ``calls`` calls each, so that load changes on a shared machine hit every function alike. Stops
-    after ``rounds`` rounds or once ``budget_s`` has passed (at least 3 rounds)."""
-    for fn in fns.values():
+def time_interleaved(fns: dict[str, Callable[[], object]], device, *, rounds=15, budget_s=3.0,
+                     warmup=2) -> dict[str, list[float]]:
+    """Per-call wall times in ms of each function, measured in alternating rounds (A B C A B C ...), so
+    that load changes on a shared machine hit every function alike. Each round times as many calls of
+    a function as fit in its share of ``budget_s`` (at least one); stops after ``rounds`` rounds, or
+    once twice the budget has passed (at least 3 rounds)."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        calls[name] = max(1, int(budget_s / rounds / len(fns) / max(time.perf_counter() - t0, 1e-7)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     for r in range(rounds):
-        if r >= 3 and time.perf_counter() - start > budget_s:
+        if r >= 3 and time.perf_counter() - start > 2 * budget_s:
             break
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            for _ in range(calls):
+            for _ in range(calls[name]):
                 fn()
             _sync(device)
-            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+            times[name].append((time.perf_counter() - t0) / calls[name] * 1e3)
     return times
 
 
@@ -518,8 +526,7 @@ def _measure(case: Case, runnable: list[str], device, torch_dtype, *, quick, bud
                             "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]})
     if case.interleave and fns:
         say(f"{case.op} {case.shape}: {', '.join(fns)} (interleaved)")
-        times = time_interleaved(fns, device, rounds=3 if quick else 15, calls=20 if quick else 200,
-                                 budget_s=0.2 if quick else 3.0)
+        times = time_interleaved(fns, device, rounds=3 if quick else 15, budget_s=0.2 if quick else 3.0)
         out = {p: (t, None, "") for p, t in times.items()}
     return out
 
