@@ -36,13 +36,18 @@ def _threads():
     torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("provider", bench_ops.PROVIDERS)
-@pytest.mark.parametrize("case", list(CASES))
+def _params():
+    """(case, provider) pairs: the standard providers, or a case's own (eager_overhead, compiled_loop)."""
+    for name, c in CASES.items():
+        names = c.providers(DEVICE, set()) if c.providers is not None else bench_ops.PROVIDERS
+        for provider in names:
+            yield pytest.param(name, provider, id=f"{name}-{provider}")
+
+
+@pytest.mark.parametrize("case,provider", list(_params()))
 def test_op(benchmark, case, provider):
     c = CASES[case]
-    why = bench_ops._provider_status(provider, DEVICE)
-    if why is None and provider == "torch" and c.elements > bench_ops._REFERENCE_MAX_ELEMENTS:
-        why = "reference backend too slow at this size"
+    why = bench_ops._case_providers(c, list(bench_ops.PROVIDERS), set(), DEVICE).get(provider)
     if why is not None:
         pytest.skip(why)
     fn = c.make(provider, DEVICE, torch.float32)

@@ -204,6 +204,58 @@ def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor
     return t, known
 
 
+def traced_seeds(seed, B, device: torch.device) -> torch.Tensor:
+    """:func:`seeds_tensor` while torch.compile traces: the same int64 ``[B]`` tensor, made by traced
+    ops (no caches) and without reading tensor values (a seed tensor's values are not checked)."""
+    if isinstance(seed, torch.Tensor):
+        _check_index_tensor(seed, "seed", device)
+        if seed.dim() == 0:
+            return seed.reshape(1).to(device=device, dtype=torch.int64) + \
+                torch.arange(B, dtype=torch.int64, device=device)
+        if seed.dim() != 1 or seed.shape[0] != B:
+            raise ValueError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
+        return seed.to(device=device, dtype=torch.int64).contiguous()
+    if isinstance(seed, bool) or not isinstance(seed, (int, torch.SymInt)):
+        raise TypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
+    if type(seed) is int and type(B) is int and (seed < 0 or seed + max(B - 1, 0) > INT64_MAX):
+        raise ValueError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
+    return torch.arange(B, dtype=torch.int64, device=device) + seed
+
+
+def traced_counter(value, name: str, device: torch.device) -> torch.Tensor:
+    """:func:`counter_tensor` while torch.compile traces: an int64 ``[1]`` tensor on ``device``; the value
+    of a Python int is checked, that of a tensor is not read."""
+    if isinstance(value, torch.Tensor):
+        _check_index_tensor(value, name, device)
+        if value.numel() != 1:
+            raise ValueError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
+        return value.reshape(1).to(device=device, dtype=torch.int64)
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if type(value) is int and not 0 <= value <= INT64_MAX:
+        raise ValueError(f"{name}: expected a value in [0, 2**63), got {value}")
+    return torch.full((1,), value, dtype=torch.int64, device=device)
+
+
+def check_reward_values(rewards: torch.Tensor) -> None:
+    """AISP rewards: no NaN, no +inf, and not every reward of a prompt -inf (reads the values)."""
+    if bool(torch.isnan(rewards).any()):
+        raise ValueError("rewards: expected no NaN values, got NaN")
+    if bool(torch.isposinf(rewards).any()):
+        raise ValueError("rewards: expected finite values or -inf, got +inf")
+    all_neginf = torch.isneginf(rewards).all(dim=1)
+    if bool(all_neginf.any()):
+        bad = all_neginf.nonzero().flatten().tolist()
+        raise ValueError(f"rewards: every reward of prompt(s) {bad} is -inf, so no rollout can be weighted")
+
+
+def check_length_values(lengths: torch.Tensor, tau: int) -> None:
+    """AISP rollout lengths in [0, tau] (reads the values)."""
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > tau:
+        raise ValueError(f"lengths: expected values in [0, tau={tau}], got min {lo}, max {hi}")
+
+
 def check_offsets(name: str, last_offset_plus_one: int | None) -> None:
     """Raise unless the noise offsets of a call, and their exclusive end, fit in int64.
 
@@ -268,7 +320,9 @@ def check_writable(x: torch.Tensor, name: str, inputs: dict[str, torch.Tensor | 
 
 
 def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
-              inputs: dict[str, torch.Tensor]) -> None:
+              inputs: dict[str, torch.Tensor] | None) -> None:
+    """``out=``: a tensor of the result's shape, dtype and device that no input overlaps (``inputs``
+    None skips the overlap check, which reads addresses: while torch.compile traces)."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(out).__name__}")
     if _shape(out) != tuple(shape):
@@ -277,7 +331,8 @@ def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
         raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
     if out.device != device:
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {out.device}")
-    check_writable(out, name, inputs)
+    if inputs is not None:
+        check_writable(out, name, inputs)
 
 
 def check_state_tensor(x, name: str, shape, device: torch.device, dtypes=(torch.float32,)) -> torch.Tensor:

@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)")
-    b.add_argument("--op", action="append", choices=("aisp_perturb", "aisp_iteration", "sea_step"),
+    b.add_argument("--op", action="append",
+                   choices=("aisp_perturb", "aisp_iteration", "sea_step", "eager_overhead", "compiled_loop"),
                    help="op to benchmark (repeatable; default all)")
     b.add_argument("--provider", action="append",
                    choices=("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda"),

@@ -5,9 +5,17 @@ tensor, counters as int64 ``[1]`` tensors, all on the input's device), picks a b
 (``backend=`` argument, then ``$FASTALIGN_BACKEND``, then ``"auto"``) and calls it. Math is float32
 whatever the storage dtype (float32, bfloat16, float16); outputs keep the input dtype. Inputs are
 never modified, except ``out=``, ``udot=`` (AISP perturb accumulates into it) and ``state=``.
+
+Eager calls run the backend directly (:mod:`fastalign.library`'s ``run_*`` functions, no dispatcher).
+While torch.compile traces (``torch.compiler.is_compiling()``), an op checks what the metadata tells
+(types, shapes, dtypes, devices, Python numbers) and records the operator ``torch.ops.fastalign.<op>``
+(``<op>_triton`` for the triton backend on CUDA); checks that read tensor values or addresses (NaN
+rewards, lengths in range, seeds/counters in CPU tensors, overlapping buffers) run in eager calls only.
+The backend is picked when the graph is traced.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -15,11 +23,29 @@ import torch
 
 from fastalign import _validate as V
 from fastalign import backends as _backends
+from fastalign import library as _library
+from fastalign.library import importance_weights
 
 __all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "available_backends",
            "importance_weights"]
 
 _CLIP_GROUPS = ("chain", "row", "global")
+
+#: Route eager calls the way traced calls go (through ``torch.ops.fastalign.*``); see :func:`_through_operators`.
+_VIA_OPERATORS = False
+
+
+@contextlib.contextmanager
+def _through_operators():
+    """Within this block, eager calls take the traced path: metadata checks only, then the operator
+    ``torch.ops.fastalign.<op>`` through the dispatcher. For the benchmark (what the dispatcher costs per
+    call) and for tests of the traced path without compiling. Not thread-safe."""
+    global _VIA_OPERATORS
+    before, _VIA_OPERATORS = _VIA_OPERATORS, True
+    try:
+        yield
+    finally:
+        _VIA_OPERATORS = before
 
 
 def _no_grad(fn):
@@ -41,18 +67,41 @@ def available_backends(device_type: str | None = None) -> dict[str, str | None]:
     return _backends.availability(device_type)
 
 
-def _pick(backend: str | None, device: torch.device, compute_dtype):
+@torch.compiler.assume_constant_result
+def _traced_backend(backend: str | None, device_type: str) -> str:
+    """The backend name a traced call records: resolved once, when torch.compile traces (run eagerly by
+    Dynamo, so the registry's caches, imports and warnings work as in eager calls)."""
+    name, _ = _backends.resolve(backend, device_type)
+    if name == "triton" and device_type == "cuda":
+        _library.triton_ops()  # registers fastalign::*_triton before the graph refers to them
+    return name
+
+
+def _pick(backend: str | None, x, compute_dtype, tracing: bool):
+    """(backend name, module or None while tracing, extra backend kwargs) for an op on tensor ``x``."""
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
+    device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     kwargs = {}
     if compute_dtype is not None:
         if backend != "torch":
             raise ValueError(f"compute_dtype: only backend='torch' (the reference) takes it, got backend={backend!r}")
         if compute_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
+        if tracing:
+            raise ValueError("compute_dtype: the reference backend's compute_dtype runs in eager calls only, "
+                             "not under torch.compile")
         kwargs["compute_dtype"] = compute_dtype
+    if tracing:
+        return _traced_backend(backend, device.type), None, kwargs
     name, module = _backends.resolve(backend, device.type)
     return name, module, kwargs
+
+
+def _on_triton_op(name: str, device: torch.device) -> bool:
+    """Whether a traced call records the triton_op variant (Inductor sees its kernels) instead of the
+    opaque operator: the triton backend on CUDA (the CPU interpreter cannot be traced that way)."""
+    return name == "triton" and device.type == "cuda"
 
 
 def _float_input(x, name, ndim, backend, device=None):
@@ -76,11 +125,21 @@ def _finish(buf, out_user):
     return out_user
 
 
-def _inplace_work(t: torch.Tensor | None):
-    """A contiguous tensor to update in place, plus the user's tensor to copy back into."""
-    if t is None or t.is_contiguous():
-        return t, None
-    return t.contiguous(), t
+def _traced_out(result, out, shape, device):
+    """A traced op's result, copied into ``out=`` when given (its metadata checked; overlap is not
+    checked while tracing: that reads addresses)."""
+    if out is None:
+        return result
+    V.check_out(out, "out", shape, result.dtype, device, inputs=None)
+    out.copy_(result)
+    return out
+
+
+def _traced_offsets(name: str, counter, per_count) -> None:
+    """Offset overflow check while tracing: only for a Python-int counter and static sizes (their values
+    are known at trace time; tensor counters and symbolic sizes are not checked)."""
+    if type(counter) is int and type(per_count) is int:
+        V.check_offsets(name, (counter + 1) * per_count)
 
 
 @_no_grad
@@ -101,13 +160,13 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
         active: optional bool ``[B, n]``; inactive rollouts add nothing to ``udot``.
         out: optional ``[B, n, d]`` tensor of h's dtype to write into.
         backend: backend name or None ($FASTALIGN_BACKEND, else "auto").
-        compute_dtype: torch.float64 for the reference backend's exact mode.
+        compute_dtype: torch.float64 for the reference backend's exact mode (eager calls only).
 
     Returns:
         ``z``: ``[B, n, d]`` of h's dtype.
     """
-    name, module, kw = _pick(backend, h.device if isinstance(h, torch.Tensor) else torch.device("cpu"),
-                             compute_dtype)
+    tracing = _VIA_OPERATORS or torch.compiler.is_compiling()
+    name, module, kw = _pick(backend, h, compute_dtype, tracing)
     _float_input(h, "h", 3, name)
     device = h.device
     _float_input(u, "u", 3, name, device)
@@ -118,11 +177,6 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
     V.check_nonempty("h", B=B, n=n, d=d)
     V.check_nonempty("u", tau=tau)
     sigma = V.check_real(sigma, "sigma", positive=True)
-    seed_t = V.seeds_tensor(seed, B, device)
-    it_t, it = V.counter_tensor(iteration, "iteration", device)
-    step_t, st = V.counter_tensor(step, "step", device)
-    if it is not None:
-        V.check_offsets("iteration", (it + 1) * n * tau * d)
     udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
     if udot is not None:
         V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
@@ -133,7 +187,22 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
         V.check_same_shape(active, "active", (B, n), "[B, n]")
         if active.device != device:
             raise ValueError(f"active: expected a tensor on {device}, got one on {active.device}")
-        active = active.contiguous()
+    if tracing:
+        seed_t = V.traced_seeds(seed, B, device)
+        it_t = V.traced_counter(iteration, "iteration", device)
+        step_t = V.traced_counter(step, "step", device)
+        _traced_offsets("iteration", iteration, n * tau * d)
+        args = (h, u, seed_t, it_t, step_t, udot, active, sigma)
+        if _on_triton_op(name, device):
+            z = torch.ops.fastalign.aisp_perturb_triton(*args)
+        else:
+            z = torch.ops.fastalign.aisp_perturb(*args, name)
+        return _traced_out(z, out, (B, n, d), device)
+    seed_t = V.seeds_tensor(seed, B, device)
+    it_t, it = V.counter_tensor(iteration, "iteration", device)
+    step_t, st = V.counter_tensor(step, "step", device)
+    if it is not None:
+        V.check_offsets("iteration", (it + 1) * n * tau * d)
     if udot is not None:
         V.check_writable(udot, "udot", {"h": h, "u": u, "active": active})
     buf, result = _result_buffer(out, "out", (B, n, d), h.dtype, device,
@@ -141,27 +210,9 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
     if st is not None and st >= tau:
         buf.copy_(h)
         return _finish(buf, result)
-    u_work = u if (name == "torch" or u.dtype == torch.float32) else u.float()
-    udot_work, udot_user = _inplace_work(udot)
-    module.aisp_perturb(h.contiguous(), u_work.contiguous(), buf, sigma=sigma, seed=seed_t, iteration=it_t,
-                        step=step_t, udot=udot_work, active=active, **kw)
-    if udot_user is not None:
-        udot_user.copy_(udot_work)
+    _library.run_aisp_perturb(module, name, h, u, buf, sigma=sigma, seed=seed_t, iteration=it_t, step=step_t,
+                              udot=udot, active=active, **kw)
     return _finish(buf, result)
-
-
-def importance_weights(rewards: torch.Tensor, udot: torch.Tensor | None, *, lam: float, alpha: float,
-                       sigma: float) -> torch.Tensor:
-    """AISP weights ``softmax_i(r_i / lam - ((1 - alpha) / sigma) * udot_i)`` per prompt, in float64.
-
-    ``-inf`` rewards get weight 0. Computed in float64 with the maximum subtracted, so rewards of
-    huge magnitude do not overflow.
-    """
-    s = rewards.to(torch.float64) / lam
-    if udot is not None and alpha != 1.0:
-        s = s - ((1.0 - alpha) / sigma) * udot.to(torch.float64)
-    s = torch.where(torch.isneginf(rewards), torch.full_like(s, -math.inf), s)
-    return torch.softmax(s, dim=-1)
 
 
 @_no_grad
@@ -188,8 +239,8 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     Returns:
         ``(u_new [B, tau, d] of u's dtype, weights [B, n] float32)``.
     """
-    name, module, kw = _pick(backend, u.device if isinstance(u, torch.Tensor) else torch.device("cpu"),
-                             compute_dtype)
+    tracing = _VIA_OPERATORS or torch.compiler.is_compiling()
+    name, module, kw = _pick(backend, u, compute_dtype, tracing)
     _float_input(u, "u", 3, name)
     device = u.device
     B, tau, d = u.shape
@@ -207,21 +258,7 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     sigma = V.check_real(sigma, "sigma", positive=True)
     lam = V.check_real(lam, "lam", positive=True)
     alpha = V.check_real(alpha, "alpha", lo=0.0, hi=1.0)
-    seed_t = V.seeds_tensor(seed, B, device)
-    it_t, it = V.counter_tensor(iteration, "iteration", device)
-    if it is not None:
-        V.check_offsets("iteration", (it + 1) * n * tau * d)
-    if bool(torch.isnan(rewards).any()):
-        raise ValueError("rewards: expected no NaN values, got NaN")
-    if bool(torch.isposinf(rewards).any()):
-        raise ValueError("rewards: expected finite values or -inf, got +inf")
-    all_neginf = torch.isneginf(rewards).all(dim=1)
-    if bool(all_neginf.any()):
-        bad = all_neginf.nonzero().flatten().tolist()
-        raise ValueError(f"rewards: every reward of prompt(s) {bad} is -inf, so no rollout can be weighted")
-    if lengths is None:
-        lengths_t = torch.full((B, n), tau, dtype=torch.int64, device=device)
-    else:
+    if lengths is not None:
         if not isinstance(lengths, torch.Tensor):
             raise TypeError(f"lengths: expected an integer tensor [B, n], got {type(lengths).__name__}")
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
@@ -229,28 +266,31 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
         V.check_same_shape(lengths, "lengths", (B, n), "[B, n]")
         if lengths.device != device:
             raise ValueError(f"lengths: expected a tensor on {device}, got one on {lengths.device}")
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > tau:
-            raise ValueError(f"lengths: expected values in [0, tau={tau}], got min {lo}, max {hi}")
-        lengths_t = lengths.to(torch.int64).contiguous()
-    work_dtype = torch.float64 if (name == "torch" and (u.dtype == torch.float64 or
-                                                        compute_dtype == torch.float64)) else torch.float32
     if udot is not None:
         udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
         V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
+    if tracing:
+        seed_t = V.traced_seeds(seed, B, device)
+        it_t = V.traced_counter(iteration, "iteration", device)
+        _traced_offsets("iteration", iteration, n * tau * d)
+        args = (u, rewards, seed_t, it_t, lengths, udot, sigma, lam, alpha)
+        if _on_triton_op(name, device):
+            u_new, weights = torch.ops.fastalign.aisp_update_triton(*args)
+        else:
+            u_new, weights = torch.ops.fastalign.aisp_update(*args, name)
+        return _traced_out(u_new, out, (B, tau, d), device), weights
+    seed_t = V.seeds_tensor(seed, B, device)
+    it_t, it = V.counter_tensor(iteration, "iteration", device)
+    if it is not None:
+        V.check_offsets("iteration", (it + 1) * n * tau * d)
+    V.check_reward_values(rewards)
+    if lengths is not None:
+        V.check_length_values(lengths, tau)
     buf, result = _result_buffer(out, "out", (B, tau, d), u.dtype, device,
                                  {"u": u, "rewards": rewards, "lengths": lengths, "udot": udot})
-    u_work = u.to(work_dtype).contiguous()
-    if udot is None and alpha != 1.0:
-        udot = torch.empty(B, n, dtype=work_dtype, device=device)
-        module.aisp_udot(u_work, lengths_t, udot, seed=seed_t, iteration=it_t, **kw)
-    weights = importance_weights(rewards, udot, lam=lam, alpha=alpha, sigma=sigma)
-    apply_out = buf if buf.dtype == work_dtype else torch.empty(B, tau, d, dtype=work_dtype, device=device)
-    module.aisp_apply(u_work, weights.to(work_dtype).contiguous(), lengths_t, apply_out, sigma=sigma,
-                      seed=seed_t, iteration=it_t, **kw)
-    if apply_out is not buf:
-        buf.copy_(apply_out)
-    return _finish(buf, result), weights.to(torch.float32)
+    weights = _library.run_aisp_update(module, name, u, rewards, buf, sigma=sigma, lam=lam, alpha=alpha, seed=seed_t,
+                                       iteration=it_t, lengths=lengths, udot=udot, **kw)
+    return _finish(buf, result), weights
 
 
 @_no_grad
@@ -268,8 +308,8 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
         ``(y_new [B, L, V] of y's dtype, grad_norm)`` with grad_norm float32 ``[B]``, ``[B, L]``,
         ``[]`` or None (clip=None).
     """
-    name, module, kw = _pick(backend, y.device if isinstance(y, torch.Tensor) else torch.device("cpu"),
-                             compute_dtype)
+    tracing = _VIA_OPERATORS or torch.compiler.is_compiling()
+    name, module, kw = _pick(backend, y, compute_dtype, tracing)
     _float_input(y, "y", 3, name)
     device = y.device
     _float_input(grad, "grad", 3, name, device)
@@ -288,10 +328,6 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
         raise ValueError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
     if not isinstance(error_if_nonfinite, bool):
         raise TypeError(f"error_if_nonfinite: expected a bool, got {type(error_if_nonfinite).__name__}")
-    seed_t = V.seeds_tensor(seed, B, device)
-    step_t, st = V.counter_tensor(step, "step", device)
-    if st is not None:
-        V.check_offsets("step", (st + 1) * L * Vv)
     state_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
     m = v = None
     beta1 = beta2 = 0.0
@@ -308,34 +344,30 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
         if beta1 >= 1.0 or beta2 >= 1.0:
             raise ValueError(f"betas: expected values in [0, 1), got {tuple(betas)}")
         eps_f = V.check_real(eps, "eps", positive=True)
-        V.check_writable(m, "state[0] (m)", {"y": y, "grad": grad, "state[1] (v)": v})
-        V.check_writable(v, "state[1] (v)", {"y": y, "grad": grad})
     elif state is not None:
         raise ValueError("state: only optimizer='adam' takes state")
+    if tracing:
+        seed_t = V.traced_seeds(seed, B, device)
+        step_t = V.traced_counter(step, "step", device)
+        _traced_offsets("step", step, L * Vv)
+        args = (y, grad, seed_t, step_t, m, v, lr, noise_std, max_norm, clip, optimizer, beta1, beta2, eps_f)
+        if _on_triton_op(name, device) and not error_if_nonfinite:  # that check reads the norm: opaque op only
+            y_new, norm = torch.ops.fastalign.sea_step_triton(*args)
+        else:
+            y_new, norm = torch.ops.fastalign.sea_step(*args, error_if_nonfinite, name)
+        return _traced_out(y_new, out, (B, L, Vv), device), (None if clip is None else norm)
+    seed_t = V.seeds_tensor(seed, B, device)
+    step_t, st = V.counter_tensor(step, "step", device)
+    if st is not None:
+        V.check_offsets("step", (st + 1) * L * Vv)
+    if m is not None:
+        V.check_writable(m, "state[0] (m)", {"y": y, "grad": grad, "state[1] (v)": v})
+        V.check_writable(v, "state[1] (v)", {"y": y, "grad": grad})
     buf, result = _result_buffer(out, "out", (B, L, Vv), y.dtype, device,
                                  {"y": y, "grad": grad, "state[0] (m)": m, "state[1] (v)": v})
-    grad_c = grad.contiguous()
-    norm = None
-    if clip is not None:
-        norm = module.sea_norm(grad_c, group=clip, **kw)
-        if error_if_nonfinite and not bool(torch.isfinite(norm).all()):
-            raise RuntimeError(
-                f"The total norm of gradients for clip group {clip!r} is non-finite, so it cannot be "
-                "clipped. To disable this error and scale the gradients by the non-finite norm anyway, "
-                "set `error_if_nonfinite=False`"
-            )
-    elif error_if_nonfinite and not bool(torch.isfinite(grad_c).all()):
-        raise RuntimeError("grad: holds non-finite values (clip=None, error_if_nonfinite=True)")
-    m_work, m_user = _inplace_work(m)
-    v_work, v_user = _inplace_work(v)
-    module.sea_update(y.contiguous(), grad_c, buf, norm=norm, group=clip, max_norm=max_norm, lr=lr,
-                      noise_std=noise_std, seed=seed_t, step=step_t, optimizer=optimizer, m=m_work, v=v_work,
-                      beta1=beta1, beta2=beta2, eps=eps_f, **kw)
-    for work, user in ((m_work, m_user), (v_work, v_user)):
-        if user is not None:
-            user.copy_(work)
-    if norm is not None and norm.dtype != torch.float32 and compute_dtype is None and y.dtype != torch.float64:
-        norm = norm.float()
+    norm = _library.run_sea_step(module, name, y, grad, buf, lr=lr, noise_std=noise_std, max_norm=max_norm, clip=clip,
+                                 seed=seed_t, step=step_t, optimizer=optimizer, m=m, v=v, beta1=beta1, beta2=beta2,
+                                 eps=eps_f, error_if_nonfinite=error_if_nonfinite, **kw)
     return _finish(buf, result), norm
 
 
@@ -346,8 +378,8 @@ def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtyp
     ``x`` is ``[B, ...]`` (``N`` = elements per chain, ``L*V`` for logits ``[B, L, V]``); it draws the
     same numbers as :func:`sea_step` at the same seed and step.
     """
-    name, module, kw = _pick(backend, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"),
-                             compute_dtype)
+    tracing = _VIA_OPERATORS or torch.compiler.is_compiling()
+    name, module, kw = _pick(backend, x, compute_dtype, tracing)
     _float_input(x, "x", None, name)
     if x.dim() < 2:
         raise ValueError(f"x: expected a tensor [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
@@ -356,10 +388,19 @@ def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtyp
     N = math.prod(x.shape[1:])
     V.check_nonempty("x", B=B, N=N)
     std = V.check_real(std, "std", nonnegative=True)
+    if tracing:
+        seed_t = V.traced_seeds(seed, B, device)
+        step_t = V.traced_counter(step, "step", device)
+        _traced_offsets("step", step, N)
+        if _on_triton_op(name, device):
+            result = torch.ops.fastalign.gaussian_perturb_triton(x, seed_t, step_t, std)
+        else:
+            result = torch.ops.fastalign.gaussian_perturb(x, seed_t, step_t, std, name)
+        return _traced_out(result, out, tuple(x.shape), device)
     seed_t = V.seeds_tensor(seed, B, device)
     step_t, st = V.counter_tensor(step, "step", device)
     if st is not None:
         V.check_offsets("step", (st + 1) * N)
     buf, result = _result_buffer(out, "out", tuple(x.shape), x.dtype, device, {"x": x})
-    module.gaussian_perturb(x.contiguous().view(B, N), buf.view(B, N), std=std, seed=seed_t, step=step_t, **kw)
+    _library.run_gaussian_perturb(module, x, buf, std=std, seed=seed_t, step=step_t, **kw)
     return _finish(buf, result)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["normal_window", "chain_tile", "sum_partials_kernel", "sum_partials", "default_block_c", "cdiv",
-           "on_interpreter", "GPU_BLOCK_C", "WINDOW_NUM_WARPS"]
+           "on_interpreter", "launcher", "GPU_BLOCK_C", "WINDOW_NUM_WARPS"]
 
 #: counter blocks per tile on a GPU (1024 elements) and under the interpreter (8192 elements)
 GPU_BLOCK_C = 256
@@ -44,6 +44,21 @@ def cdiv(a: int, b: int) -> int:
 
 def on_interpreter(device: torch.device) -> bool:
     return device.type != "cuda"
+
+
+def launcher(kernel, traceable: bool):
+    """``kernel`` to launch as ``launcher(kernel, traceable)[grid](...)``.
+
+    With ``traceable`` the launch goes through ``torch.library.wrap_triton``, so that make_fx and
+    Inductor record it in the graph (inside a ``torch.library.triton_op``; under Triton's interpreter
+    ``wrap_triton`` returns the kernel unchanged). Without it the kernel launches directly: called
+    outside a triton_op, ``wrap_triton`` would dispatch a higher-order op per launch.
+    """
+    if not traceable:
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
 
 
 def default_block_c(device: torch.device, block_c: int | None = None) -> int:
@@ -115,8 +130,8 @@ def sum_partials_kernel(partial_ptr, out_ptr, P, SQRT: tl.constexpr, BLOCK: tl.c
     tl.store(out_ptr + g, total)
 
 
-def sum_partials(partial: torch.Tensor, out: torch.Tensor, *, sqrt: bool = False) -> None:
+def sum_partials(partial: torch.Tensor, out: torch.Tensor, *, sqrt: bool = False, traceable: bool = False) -> None:
     """Launch :func:`sum_partials_kernel`: partial float32 ``[G, P]`` -> out float32 ``[G]``."""
     G, P = partial.shape
     block = min(1024, triton.next_power_of_2(P))
-    sum_partials_kernel[(G,)](partial, out, P, SQRT=sqrt, BLOCK=block, num_warps=4)
+    launcher(sum_partials_kernel, traceable)[(G,)](partial, out, P, SQRT=sqrt, BLOCK=block, num_warps=4)

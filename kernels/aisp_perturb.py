@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import WINDOW_NUM_WARPS, cdiv, default_block_c, normal_window
+from ._common import WINDOW_NUM_WARPS, cdiv, default_block_c, launcher, normal_window
 
 __all__ = ["aisp_perturb_kernel", "aisp_perturb"]
 
@@ -85,7 +85,7 @@ def aisp_perturb_kernel(
 
 def aisp_perturb(h: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, sigma: float, seed: torch.Tensor,
                  iteration: torch.Tensor, step: torch.Tensor, udot: torch.Tensor | None = None,
-                 active: torch.Tensor | None = None, block_c: int | None = None) -> None:
+                 active: torch.Tensor | None = None, block_c: int | None = None, traceable: bool = False) -> None:
     """Launch :func:`aisp_perturb_kernel`.
 
     Args:
@@ -96,13 +96,14 @@ def aisp_perturb(h: torch.Tensor, u: torch.Tensor, out: torch.Tensor, *, sigma: 
         udot: optional contiguous float32 ``[B, n]``, accumulated in place.
         active: optional contiguous bool ``[B, n]`` (None: every rollout active).
         block_c: counter blocks per tile (power of two); default by device.
+        traceable: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, n, d = h.shape
     tau = u.shape[1]
     block_c = default_block_c(h.device, block_c)
     tiles = cdiv(d + 3, 4 * block_c)                  # enough for any start shift of the row
     grid = (B * n, 1 if udot is not None else tiles)
-    aisp_perturb_kernel[grid](
+    launcher(aisp_perturb_kernel, traceable)[grid](
         h, u, out, udot if udot is not None else out, active if active is not None else out,
         seed, iteration, step, n, tau, d, float(sigma),
         HAS_UDOT=udot is not None, HAS_ACTIVE=active is not None, ALIGNED=d % 4 == 0, BLOCK_C=block_c,

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, default_block_c, normal_at, normal_window, on_interpreter, sum_partials
+from ._common import cdiv, default_block_c, launcher, normal_at, normal_window, on_interpreter, sum_partials
 
 __all__ = ["aisp_udot_kernel", "aisp_apply_kernel", "aisp_udot", "aisp_apply"]
 
@@ -111,7 +111,7 @@ def aisp_apply_kernel(
 
 def aisp_udot(u: torch.Tensor, lengths: torch.Tensor, udot_out: torch.Tensor, *, seed: torch.Tensor,
               iteration: torch.Tensor, n: int | None = None, block_c: int | None = None,
-              tiles_per_prog: int | None = None) -> None:
+              tiles_per_prog: int | None = None, traceable: bool = False) -> None:
     """Launch the udot pass: ``udot_out[b,i] = sum_{t<lengths[b,i]} sum_j u[b,t,j] * eps[b,i,t,j]``.
 
     Args:
@@ -120,6 +120,7 @@ def aisp_udot(u: torch.Tensor, lengths: torch.Tensor, udot_out: torch.Tensor, *,
         seed: int64 ``[B]``; iteration: int64 ``[1]``.
         block_c, tiles_per_prog: tile size (power of two, counter blocks) and tiles per program;
             defaults by device. The result depends on them only through float summation order.
+        traceable: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, tau, d = u.shape
     n = lengths.shape[1]
@@ -129,21 +130,23 @@ def aisp_udot(u: torch.Tensor, lengths: torch.Tensor, udot_out: torch.Tensor, *,
         tiles_per_prog = max_tiles if on_interpreter(u.device) else GPU_TILES_PER_PROG
     P = cdiv(max_tiles, tiles_per_prog)
     partial = torch.empty(B * n, P, dtype=torch.float32, device=u.device)
-    aisp_udot_kernel[(B * n, P)](
+    launcher(aisp_udot_kernel, traceable)[(B * n, P)](
         u, lengths, partial, seed, iteration, n, tau, d, P, tiles_per_prog, ALIGNED=(tau * d) % 4 == 0,
         BLOCK_C=block_c, num_warps=4,
     )
-    sum_partials(partial, udot_out.view(B * n))
+    sum_partials(partial, udot_out.view(B * n), traceable=traceable)
 
 
 def aisp_apply(u: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor, out: torch.Tensor, *,
-               sigma: float, seed: torch.Tensor, iteration: torch.Tensor, block_c: int | None = None) -> None:
+               sigma: float, seed: torch.Tensor, iteration: torch.Tensor, block_c: int | None = None,
+               traceable: bool = False) -> None:
     """Launch the apply pass: ``out = u + sigma * sum_i weights[b,i] * eps[b,i] * [t < lengths[b,i]]``.
 
     Args:
         u, out: contiguous float32 ``[B, tau, d]``; weights: contiguous float32 ``[B, n]``;
         lengths: contiguous int64 ``[B, n]``; seed: int64 ``[B]``; iteration: int64 ``[1]``.
         block_c: counter blocks per tile (power of two); the result does not depend on it.
+        traceable: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, tau, d = u.shape
     n = weights.shape[1]
@@ -151,7 +154,7 @@ def aisp_apply(u: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor, ou
         block_c = GPU_APPLY_BLOCK_C
     block_c = default_block_c(u.device, block_c)
     grid = (cdiv(tau * d, 4 * block_c), B)
-    aisp_apply_kernel[grid](
+    launcher(aisp_apply_kernel, traceable)[grid](
         u, weights, lengths, out, seed, iteration, n, tau, d, tau * d, float(sigma),
         ALIGNED=(tau * d) % 4 == 0, BLOCK_C=block_c, num_warps=4,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)

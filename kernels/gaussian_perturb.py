@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, normal_window
+from ._common import WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, launcher, normal_window
 
 __all__ = ["gaussian_perturb_kernel", "gaussian_perturb"]
 
@@ -29,17 +29,18 @@ def gaussian_perturb_kernel(x_ptr, out_ptr, seed_ptr, step_ptr, N, std, ALIGNED:
 
 
 def gaussian_perturb(x: torch.Tensor, out: torch.Tensor, *, std: float, seed: torch.Tensor, step: torch.Tensor,
-                     block_c: int | None = None) -> None:
+                     block_c: int | None = None, traceable: bool = False) -> None:
     """Launch :func:`gaussian_perturb_kernel`.
 
     Args:
         x, out: contiguous ``[B, N]`` (float32/float16/bfloat16, same dtype).
         std: noise scale; seed: int64 ``[B]``; step: int64 ``[1]``.
         block_c: counter blocks per tile (power of two); the result does not depend on it.
+        traceable: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, N = x.shape
     block_c = default_block_c(x.device, block_c)
-    gaussian_perturb_kernel[(cdiv(N + 3, 4 * block_c), B)](
+    launcher(gaussian_perturb_kernel, traceable)[(cdiv(N + 3, 4 * block_c), B)](
         x, out, seed, step, N, float(std), ALIGNED=N % 4 == 0, BLOCK_C=block_c, num_warps=WINDOW_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

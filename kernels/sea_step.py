@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, normal_window, on_interpreter,
-                      sum_partials)
+from ._common import (WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, launcher, normal_window,
+                      on_interpreter, sum_partials)
 
 __all__ = ["sea_norm_partial_kernel", "sea_update_kernel", "sea_norm", "sea_update", "GROUPS"]
 
@@ -116,11 +116,13 @@ def sea_update_kernel(
     tl.store(out_ptr + offs, y_new.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def sea_norm(grad: torch.Tensor, *, group: str, block: int | None = None, tiles: int | None = None) -> torch.Tensor:
+def sea_norm(grad: torch.Tensor, *, group: str, block: int | None = None, tiles: int | None = None,
+             traceable: bool = False) -> torch.Tensor:
     """Float32 L2 norm of ``grad [B, L, V]`` per group: ``[B]`` (chain), ``[B, L]`` (row), ``[]`` (global).
 
     Two deterministic passes (per-chunk partial sums of squares, then a fixed-order sum and sqrt).
     ``block`` (power of two) and ``tiles`` set the chunk of the first pass; defaults by device.
+    ``traceable``: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, L, V = grad.shape
     if group == "chain":
@@ -139,9 +141,9 @@ def sea_norm(grad: torch.Tensor, *, group: str, block: int | None = None, tiles:
     tiles = max(1, min(tiles, cdiv(M, block)))
     P = cdiv(M, block * tiles)
     partial = torch.empty(G, P, dtype=torch.float32, device=grad.device)
-    sea_norm_partial_kernel[(G * P,)](grad, partial, M, P, BLOCK=block, TILES=tiles, num_warps=4)
+    launcher(sea_norm_partial_kernel, traceable)[(G * P,)](grad, partial, M, P, BLOCK=block, TILES=tiles, num_warps=4)
     norm = torch.empty(G, dtype=torch.float32, device=grad.device)
-    sum_partials(partial, norm, sqrt=True)
+    sum_partials(partial, norm, sqrt=True, traceable=traceable)
     return norm.view(shape)
 
 
@@ -153,7 +155,7 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
                group: str | None, max_norm: float | None, lr: float, noise_std: float, seed: torch.Tensor,
                step: torch.Tensor, optimizer: str = "sgld", m: torch.Tensor | None = None,
                v: torch.Tensor | None = None, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-               block_c: int | None = None, row32: bool | None = None) -> None:
+               block_c: int | None = None, row32: bool | None = None, traceable: bool = False) -> None:
     """Launch :func:`sea_update_kernel` (see the module docstring for the math).
 
     Args:
@@ -165,6 +167,7 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
         block_c: counter blocks per tile (power of two); the result does not depend on it.
         row32: int32 row index for ``clip="row"`` (default: when ``L*V < 2**31``); False forces the
             int64 division of larger chains (tests).
+        traceable: launch through ``torch.library.wrap_triton`` (see ``_common.launcher``).
     """
     B, L, V = y.shape
     N = L * V
@@ -182,7 +185,7 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
         raise ValueError("sea_update: optimizer='adam' needs m and v")
     block_c = default_block_c(y.device, block_c)
     grid = (cdiv(N + 3, 4 * block_c), B)
-    sea_update_kernel[grid](
+    launcher(sea_update_kernel, traceable)[grid](
         y, grad, out, norm if clip else y, m if adam else y, v if adam else y,
         seed, step, L, V, N,
         float(max_norm) if clip else 1.0, float(lr), float(noise_std),

@@ -93,6 +93,22 @@ def test_bench_quick_json_csv(capsys, tmp_path):
     assert "bench:" in err  # progress on stderr
 
 
+def test_bench_eager_overhead_rows(capsys):
+    """The eager-overhead case: the four ways of calling aisp_perturb, measured interleaved, each row
+    saying how far above the bare kernel call it is."""
+    rc, out, err = run(capsys, "bench", "--quick", "--threads", "1", "--op", "eager_overhead", "--json", "--quiet")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["provider"] for r in rows] == ["kernel only", "torch.ops (no checks)", "fastalign op",
+                                             "fastalign op via torch.ops"]
+    kernel = rows[0]["ms_median"]
+    for r in rows:
+        assert BENCH_KEYS <= set(r) and r["op"] == "eager_overhead" and r["speedup"] is None
+        assert 0 < r["ms_min"] <= r["ms_median"]
+        if r["provider"] != "kernel only":
+            assert r["note"] == f"+{(r['ms_median'] - kernel) * 1e3:.1f} us over kernel only"
+
+
 def test_bench_table_and_peak_memory_of_the_naive_aisp_pipeline(capsys):
     rc, out, _ = run(capsys, "bench", "--quick", "--threads", "1", "--provider", "naive", "--op", "aisp_iteration",
                      "--quiet")

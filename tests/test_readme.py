@@ -121,3 +121,23 @@ def test_hugging_face_example_runs(monkeypatch, tmp_path):
     assert len(best) == 1 and best[0].method == "bon" and best[0].reward_calls == 32
     sea = aisp_res[0]
     assert sea.method == "sea" and -1.0 <= sea.reward <= 1.0 and len(sea.extra["energy"]) == 40
+
+
+def test_compile_example_runs_and_matches_eager(monkeypatch):
+    """The README's torch.compile block as written (Dynamo with fullgraph=True; the eager backend in
+    place of Inductor to keep this quick: tests/test_library.py compiles with Inductor): the udot it
+    accumulates over the loop and its last tokens equal an uncompiled run of the same steps."""
+    import fastalign as fa
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: real_compile(fn, backend="eager", **kw)
+                        if fn is not None else (lambda f: real_compile(f, backend="eager", **kw)))
+    torch._dynamo.reset()
+    scope: dict = {}
+    exec(compile(_code_blocks("python")[2], "README.md", "exec"), scope)
+    h, u, head, seed, tau = (scope[k] for k in ("h", "u", "head", "seed", "tau"))
+    udot = torch.zeros_like(scope["udot"])
+    for t in range(tau):
+        z = fa.aisp_perturb(h, u, sigma=0.5, seed=seed, iteration=0, step=t, udot=udot)
+    assert torch.equal(scope["udot"], udot) and bool((udot != 0).all())
+    assert torch.equal(scope["tokens"], (z @ head.T).argmax(-1))
