@@ -347,7 +347,7 @@ class _Running:
         self.model, self.api, self.P, self.compiled = model, api, P, compiled
         self.mask = torch.ones((B * repeats, P + T), dtype=torch.long, device=device)
         self.mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
-        self.position = _position_ids(self.mask[:, :P])[:, -1:]
+        self.position = _position_ids(self.mask[:, :P])[:, -1:].contiguous()  # one stride every step (no retrace)
         self.cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
         self.cache = None if compiled is not None else fork_cache(prompt_cache.cache, B, repeats)
         self.rows: torch.Tensor | None = None  # None: batch row j is rollout j

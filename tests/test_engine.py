@@ -255,3 +255,91 @@ def test_a_base_model_without_an_output_projection_is_rejected():
     with pytest.raises(ValueError, match="output projection"):
         aisp_generate(base, _tiny.tokenizer(), "w1", _tiny.count_reward(), n=2, iterations=1, max_new_tokens=2,
                       progress=False)
+
+
+# --- the compiled step ------------------------------------------------------------------------------
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_compiled_step_decodes_like_eager_and_is_traced_once():
+    """Static cache + torch.compile(fullgraph=True): the same tokens as eager (logits to rounding), and a
+    second decode (the cache refilled in place from the prompt cache) reuses the graph."""
+    model = _tiny.model("llama")
+    ids, mask = _prompts()
+    pc = engine.prefill(model, ids, mask)
+    kw = dict(max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=2, prompt_cache=pc, return_logits=True)
+    eager = engine.decode(model, ids, mask, **kw)
+    before = _unique_graphs()
+    with engine.CompiledStep(model, pc, repeats=2, max_new_tokens=T) as step:
+        first = engine.decode(model, ids, mask, compiled=step, **kw)
+        second = engine.decode(model, ids, mask, compiled=step, **kw)
+    assert _unique_graphs() - before == 1
+    for roll in (first, second):
+        _assert_same_rollouts(eager, roll)
+        torch.testing.assert_close(roll.logits, eager.logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="compiled: built for 10 rollouts of 8 tokens"):
+        engine.decode(model, ids, mask, compiled=step, **dict(kw, repeats=3))
+
+
+def test_compiled_step_needs_prompts_of_two_tokens():
+    model = _tiny.model("llama")
+    ids, mask = encoding.encode_prompts(_tiny.tokenizer(), ["w4"])
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        engine.CompiledStep(model, engine.prefill(model, ids, mask), repeats=2, max_new_tokens=3)
+
+
+def test_aisp_and_best_of_n_compiled_equal_eager():
+    """The AISP perturbation (the fused op as a torch.library operator) inside the compiled step: the same
+    responses and traces as eager; traced once for all iterations; the model's hook is gone afterwards."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(n=3, iterations=3, sigma=1.0, max_new_tokens=6, progress=False, backend="cpu")
+    eager = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), **kw)
+    before = _unique_graphs()
+    compiled = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), compile=True, **kw)
+    assert _unique_graphs() - before == 1
+    assert [r.response_ids for r in compiled] == [r.response_ids for r in eager]
+    assert [r.trace_mean for r in compiled] == [r.trace_mean for r in eager]
+    assert not engine.output_head(model)._forward_pre_hooks
+    bon_kw = dict(n=4, max_new_tokens=6, progress=False)
+    assert [r.response_ids for r in bon_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), compile=True,
+                                                 **bon_kw)] == \
+        [r.response_ids for r in bon_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), **bon_kw)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_captured_decode_step_on_a_gpu_matches_eager_and_is_timed(backend, capsys):
+    """On CUDA the compiled step runs with mode="reduce-overhead" (captured as a CUDA graph and replayed):
+    AISP's rollouts equal eager's wherever eager's choice is not a near-tie, and the step time is printed."""
+    import copy
+    import time
+
+    model = copy.deepcopy(_tiny.model("llama")).to("cuda")  # the cached CPU model stays as it is
+    tok = _tiny.tokenizer()
+    ids, mask = encoding.encode_prompts(tok, _tiny.PROMPTS, device="cuda")
+    pc = engine.prefill(model, ids, mask)
+    kw = dict(max_new_tokens=T, eos_ids=[1], pad_id=0, repeats=4, prompt_cache=pc, return_logits=True)
+    eager = engine.decode(model, ids, mask, **kw)
+    with engine.CompiledStep(model, pc, repeats=4, max_new_tokens=T) as step:
+        engine.decode(model, ids, mask, compiled=step, **kw)  # compile and capture
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        captured = engine.decode(model, ids, mask, compiled=step, **kw)
+        torch.cuda.synchronize()
+        step_ms = (time.perf_counter() - t0) / T * 1e3
+    top2 = eager.logits.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1] > 1e-3).all(dim=1)
+    assert bool(clear.any())
+    for r in clear.nonzero().flatten().tolist():
+        k = int(eager.lengths[r])
+        assert captured.tokens[r, :k].tolist() == eager.tokens[r, :k].tolist(), r
+    torch.testing.assert_close(captured.logits[clear], eager.logits[clear], rtol=1e-3, atol=1e-3)
+    aisp_kw = dict(n=4, iterations=2, sigma=1.0, max_new_tokens=6, progress=False, backend=backend)
+    gpu = aisp_generate(model, tok, _tiny.PROMPTS[:3], _tiny.count_reward(), compile=True, **aisp_kw)
+    assert len(gpu) == 3 and all(r.reward_calls == 8 for r in gpu)
+    with capsys.disabled():
+        print(f"\ncaptured decode step ({backend}): {step_ms:.3f} ms for {ids.shape[0] * 4} rows")
