@@ -53,9 +53,12 @@ from typing import Callable
 import torch
 
 PROVIDERS = ("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda")
-OPS = ("aisp_perturb", "aisp_iteration", "sea_step", "eager_overhead", "compiled_loop")
+OPS = ("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead", "compiled_loop")
 ROW_KEYS = ("op", "provider", "shape", "dtype", "threads", "ms_median", "ms_min", "gbps", "normals_per_s",
-            "peak_mem_mb", "speedup", "floor_ms", "note")
+            "peak_mem_mb", "speedup", "floor_ms", "pct_copy_bw", "note")
+#: shape sets: ``cpu`` (issue 4's shapes, sized for a CPU) and ``gpu-roofline`` (issue 17's: large enough
+#: that an H100/H200-class GPU is bound by memory bandwidth or the stream, compared to its copy bandwidth)
+PRESETS = ("cpu", "gpu-roofline")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # torch's reference backend does Philox in int64 tensor arithmetic: at SEA sizes one call takes many
@@ -141,6 +144,31 @@ def _aisp_iteration_case(B, n, tau, d, es=4) -> Case:
     return Case("aisp_iteration", f"B={B} n={n} tau={tau} d={d}", dict(B=B, n=n, tau=tau, d=d),
                 bytes_moved=tau * per_step + 2 * B * tau * d * 4, normals=B * n * tau * d, make=make,
                 elements=B * n * tau * d)
+
+
+def _aisp_update_case(B, n, tau, d, es=4) -> Case:
+    """The update after an iteration whose ``udot`` was accumulated while decoding: fused, one pass that
+    regenerates the ``n*tau*d`` normals of each prompt; naive, the einsum over the stored noise tensor."""
+    def make(provider, device, dtype):
+        from fastalign import ops
+        from fastalign.backends import naive
+
+        g = torch.Generator().manual_seed(0)
+        u = (0.1 * torch.randn(B, tau, d, generator=g)).to(device, dtype)
+        rewards = torch.rand(B, n, generator=g).to(device)
+        udot = torch.randn(B, n, generator=g).to(device)
+        kw = dict(sigma=0.5, lam=0.3, alpha=0.999)
+        if provider in ("naive", "naive+torch.compile"):
+            noise = naive.aisp_noise_buffer(B, n, tau, d, device=device).normal_()
+            update = naive.aisp_update if provider == "naive" else torch.compile(naive.aisp_update, dynamic=False)
+            return lambda: update(u, rewards, udot=udot, noise=noise, **kw)
+        return lambda: ops.aisp_update(u, rewards, seed=1, iteration=0, udot=udot, backend=provider, **kw)
+
+    noise_mb = B * n * tau * d * 4 / 2**20
+    return Case("aisp_update", f"B={B} n={n} tau={tau} d={d}", dict(B=B, n=n, tau=tau, d=d),
+                bytes_moved=2 * B * tau * d * es, normals=B * n * tau * d, make=make, elements=B * n * tau * d,
+                note_fn=lambda provider, ms, measured: "" if provider.startswith("naive") else
+                f"no {noise_mb:.0f} MB noise tensor stored (the naive pipeline's)")
 
 
 def _sea_step_case(B, L, V, es=4) -> Case:
@@ -319,17 +347,26 @@ def _compiled_loop_cases(quick: bool, es: int) -> list[Case]:
     ]
 
 
-def cases(ops=None, quick=False, dtype=torch.float32) -> list[Case]:
-    """The benchmark cases (issue 4's shapes, or tiny ones with ``quick``); byte counts use the
-    element size of the storage ``dtype``."""
+def cases(ops=None, quick=False, dtype=torch.float32, preset="cpu") -> list[Case]:
+    """The benchmark cases (issue 4's shapes, issue 17's GPU roofline shapes with
+    ``preset="gpu-roofline"``, or tiny ones with ``quick``); byte counts use the element size of the
+    storage ``dtype``."""
     es = torch.finfo(dtype).bits // 8
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: expected one of {list(PRESETS)}, got {preset!r}")
+    if preset == "gpu-roofline" and not quick:
+        all_cases = [_sea_step_case(4, 64, 128256, es=es), _aisp_perturb_case(64, 32, 4096, es=es),
+                     _aisp_update_case(8, 32, 128, 4096, es=es)]
+        return [c for c in all_cases if ops is None or c.op in ops]
     if quick:
         all_cases = [_aisp_perturb_case(1, 4, 64, tau=8, es=es), _aisp_iteration_case(1, 4, 8, 64, es=es),
-                     _sea_step_case(2, 4, 256, es=es), _eager_overhead_case(1, 4, 64, tau=8, es=es)]
+                     _aisp_update_case(1, 4, 8, 64, es=es), _sea_step_case(2, 4, 256, es=es),
+                     _eager_overhead_case(1, 4, 64, tau=8, es=es)]
     else:
         all_cases = [
             _aisp_perturb_case(1, 32, 2048, es=es), _aisp_perturb_case(1, 32, 4096, es=es),
             _aisp_iteration_case(1, 32, 64, 2048, es=es), _aisp_iteration_case(1, 32, 256, 2048, es=es),
+            _aisp_update_case(1, 32, 64, 2048, es=es),
             _sea_step_case(4, 64, 49152, es=es), _sea_step_case(4, 64, 128256, es=es),
             _eager_overhead_case(1, 32, 2048, es=es), _eager_overhead_case(1, 1, 8, es=es),
         ]
@@ -532,7 +569,7 @@ def _measure(case: Case, runnable: list[str], device, torch_dtype, *, quick, bud
 
 
 def run(ops=None, providers=None, threads="1,all", *, dtype="float32", quick=False, device=None,
-        measure_memory=True, progress: Callable[[str], None] | None = None) -> dict:
+        measure_memory=True, progress: Callable[[str], None] | None = None, preset: str = "cpu") -> dict:
     """Run the benchmark; returns ``{"machine": {...}, "baselines": [...], "results": [row, ...]}``.
 
     Each result row has the keys of :data:`ROW_KEYS`; a provider that cannot run gets no row but a
@@ -563,7 +600,7 @@ def run(ops=None, providers=None, threads="1,all", *, dtype="float32", quick=Fal
             rn = randn_normals_per_s(device, quick)
             report["baselines"].append({"threads": nt, "copy_gbps": bw, "randn_normals_per_s": rn})
             say(f"threads={nt}: copy {bw:.1f} GB/s, torch.randn {rn / 1e9:.3f}e9 normals/s")
-            for case in cases(ops, quick, torch_dtype):
+            for case in cases(ops, quick, torch_dtype, preset):
                 status = _case_providers(case, providers, explicit, device)
                 skipped: list[dict] = []
                 for provider, why in status.items():
@@ -595,7 +632,7 @@ def _rows(case: Case, measured: dict, *, dtype: str, threads: int, bw: float) ->
             "normals_per_s": case.normals / (med * 1e-3),
             "peak_mem_mb": None if peak is None else peak / 2**20,
             "speedup": (base_ms / med) if base_ms else None,
-            "floor_ms": floor_ms, "note": note,
+            "floor_ms": floor_ms, "pct_copy_bw": 100.0 * floor_ms / med, "note": note,
         })
     return rows
 
@@ -620,11 +657,11 @@ def format_tables(report: dict) -> str:
         groups.setdefault((r["op"], r["threads"]), []).append(r)
     for (op, nt), rows in groups.items():
         head = ("provider", "shape", "ms_median", "ms_min", "GB/s", "normals/s", "peak MB",
-                "vs eager" if op.startswith("compiled_loop") else "vs naive", "floor ms", "note")
+                "vs eager" if op.startswith("compiled_loop") else "vs naive", "floor ms", "% copy bw", "note")
         body = [(r["provider"], r["shape"], _fmt(r["ms_median"], ".3f"), _fmt(r["ms_min"], ".3f"),
                  _fmt(r["gbps"], ".1f"), _fmt(r["normals_per_s"], ".3e"), _fmt(r["peak_mem_mb"], ".2f"),
                  ("-" if r["speedup"] is None else f"{r['speedup']:.2f}x"), _fmt(r["floor_ms"], ".3f"),
-                 r.get("note") or "")
+                 _fmt(r.get("pct_copy_bw"), ".1f"), r.get("note") or "")
                 for r in rows]
         widths = [max(len(head[i]), *(len(b[i]) for b in body)) for i in range(len(head))]
         lines.append("")
@@ -706,6 +743,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--provider", action="append", choices=PROVIDERS, help="provider (repeatable; default all)")
     p.add_argument("--threads", default="1,all", help="comma-separated thread counts or 'all' (default 1,all)")
     p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
+    p.add_argument("--preset", default="cpu", choices=PRESETS,
+                   help="shapes: cpu (default) or gpu-roofline (issue 17's, against the copy bandwidth)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
@@ -717,7 +756,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     report = run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
-                 measure_memory=not args.no_memory, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                 measure_memory=not args.no_memory, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                 preset=args.preset)
     if args.csv:
         write_csv(report, args.csv)
     if args.plot:

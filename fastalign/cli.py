@@ -302,7 +302,7 @@ def cmd_bench(args) -> int:
     bench = _load_bench_module("bench_ops")
     progress = (lambda msg: _info(f"bench: {msg}")) if not args.quiet else None
     report = bench.run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
-                       measure_memory=not args.no_memory, progress=progress)
+                       measure_memory=not args.no_memory, progress=progress, preset=args.preset)
     if args.csv:
         bench.write_csv(report, args.csv)
     if args.plot:
@@ -555,13 +555,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)")
     b.add_argument("--op", action="append",
-                   choices=("aisp_perturb", "aisp_iteration", "sea_step", "eager_overhead", "compiled_loop"),
+                   choices=("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead",
+                            "compiled_loop"),
                    help="op to benchmark (repeatable; default all)")
     b.add_argument("--provider", action="append",
                    choices=("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda"),
                    help="provider (repeatable; default all that run here)")
     b.add_argument("--threads", type=_threads, default="1,all", help="thread counts, e.g. 1,all (default)")
     b.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    b.add_argument("--preset", choices=("cpu", "gpu-roofline"), default="cpu",
+                   help="shapes: cpu (default) or gpu-roofline (large, against the measured copy bandwidth)")
     b.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     b.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")

@@ -70,3 +70,18 @@ def test_cpu_workflow_runs_both_readme_commands_through_ci_run():
     # the README's `pip install torch==2.13.0` inside .ci/run's environments must find the CPU build
     assert job["env"]["PIP_EXTRA_INDEX_URL"].endswith("/whl/cpu")
     assert (ROOT / ".ci" / "run").is_file()
+
+
+def test_gpu_session_script_parses_and_brings_back_at_most_eight_files():
+    """bench/gpu_session.sh (one prepared device session): valid bash, a --dry-run mode, and no more output
+    files than one device call returns (8)."""
+    import re
+    import subprocess
+
+    script = ROOT / "bench" / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "--dry-run" in text and "pytest -q -p no:cacheprovider -m gpu" in text and "fastalign check" in text
+    outputs = set(re.findall(r"\$OUT/([A-Za-z0-9_.-]+\.(?:json|csv|txt|log))", text))
+    assert {"env.txt", "session.log", "pytest-gpu.txt", "check.json", "bench-gpu.json", "decode.json"} <= outputs
+    assert len(outputs) <= 8, outputs
