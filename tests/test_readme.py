@@ -141,3 +141,20 @@ def test_compile_example_runs_and_matches_eager(monkeypatch):
         z = fa.aisp_perturb(h, u, sigma=0.5, seed=seed, iteration=0, step=t, udot=udot)
     assert torch.equal(scope["udot"], udot) and bool((udot != 0).all())
     assert torch.equal(scope["tokens"], (z @ head.T).argmax(-1))
+
+
+def test_hugging_face_generate_example_runs(monkeypatch):
+    """The README's generate block as written, with a tiny random Llama for the embedded SmolLM2: the
+    callable and the Hub folder give the same ids, shaped like generate's output."""
+    import _tiny
+    import fastalign.models
+
+    monkeypatch.setattr(fastalign.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
+    block = next(b for b in _code_blocks("python") if "custom_generate=fastalign.hf.aisp" in b)
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    out, hub, bon, inputs = scope["out"], scope["hub"], scope["bon"], scope["inputs"]
+    P = inputs["input_ids"].shape[1]
+    assert out.shape[0] == bon.shape[0] == 2 and P < out.shape[1] <= P + 32
+    assert torch.equal(out, hub)
+    assert torch.equal(out[:, :P], inputs["input_ids"])
