@@ -178,15 +178,29 @@ def _load_bench_module(name: str):
 
 
 # ------------------------------------------------------------------------------------- subcommands
-def _triton_interpreter_for_check() -> bool:
-    """Without a GPU, let ``fastalign check`` run the Triton kernels under Triton's CPU interpreter
-    (it must be switched on before the kernels are imported). Returns whether it was switched on."""
+def _triton_interpreter_for_check(argv=None) -> bool:
+    """Without a GPU, let ``fastalign check`` run the Triton kernels under Triton's CPU interpreter.
+    Returns whether it was switched on.
+
+    ``TRITON_INTERPRET=1`` must be set before ``triton.language`` is imported (its ``@triton.jit``
+    helpers such as ``tl.randn4x`` are built as interpreted functions only then), and ``import torch``
+    already imports it. So when it was imported and ``argv`` (the command line) is known, the process
+    re-executes itself once with the variable set; in-process callers (``argv`` None) get the
+    variable only if triton is not imported yet.
+    """
     if "TRITON_INTERPRET" in os.environ or "fastalign.kernels" in sys.modules or importlib.util.find_spec("triton") is None:
         return False
     import torch
 
     if torch.cuda.is_available():
         return False
+    if "triton.language" in sys.modules:
+        if argv is None:
+            return False
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "fastalign", *argv], env)
     os.environ["TRITON_INTERPRET"] = "1"
     from fastalign import backends as registry
 
@@ -198,7 +212,7 @@ def cmd_check(args) -> int:
     from fastalign import backends as registry
     from fastalign import check
 
-    if args.backend in (None, "auto", "triton") and _triton_interpreter_for_check() and not args.json:
+    if args.backend in (None, "auto", "triton") and _triton_interpreter_for_check(args.argv) and not args.json:
         _info("fastalign check: no GPU, so the Triton kernels run under Triton's CPU interpreter")
 
     try:
@@ -619,6 +633,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        # the command line as given, when this is the console script (a re-exec may need it)
+        args.argv = list(sys.argv[1:]) if argv is None else None
     except UsageError as exc:
         _err(str(exc))
         return 2
