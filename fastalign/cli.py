@@ -593,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
     b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
     b.add_argument("--seed", type=_seed, default=0)
+    _load_bench_module("bench_e2e").add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
