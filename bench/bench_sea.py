@@ -61,10 +61,11 @@ def greedy_perplexities(model, tokenizer, prompts, max_new_tokens) -> tuple[list
     return texts, ppl
 
 
-def sweep(model, tokenizer, reward, prompts, names, *, steps, max_new_tokens, seed, say) -> dict:
+def sweep(model, tokenizer, reward, prompts, names, *, steps, max_new_tokens, seed, say, out: dict,
+          save=lambda: None) -> dict:
+    """Run each option set in ``names``; its entry goes into ``out`` and ``save()`` is called after each."""
     from fastalign.sea import sea_generate
 
-    out = {}
     for name in names:
         say(f"sweep: {name}")
         t0 = time.perf_counter()
@@ -84,6 +85,7 @@ def sweep(model, tokenizer, reward, prompts, names, *, steps, max_new_tokens, se
         say(f"  reward {out[name]['mean_base_reward']:.3f} -> {out[name]['mean_reward']:.3f}, perplexity "
             f"{out[name]['mean_base_perplexity']:.1f} -> {out[name]['mean_perplexity']:.1f} "
             f"({out[name]['seconds']:.0f} s)")
+        save()
     return out
 
 
@@ -150,11 +152,12 @@ def format_report(rep: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench_sea", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="two option sets, timing over 3 steps")
-    p.add_argument("--configs", help="comma-separated option-set names (default: all, or the quick ones)")
+    p.add_argument("--configs", help="';'-separated option-set names (default: all, or the quick ones)")
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--timing-steps", type=int, default=None)
+    p.add_argument("--timing-steps", type=int, default=None, help="steps timed per fluency mode (0: no timing)")
+    p.add_argument("--timing-prompts", type=int, default=None, help="prompts of the timing runs (default: --prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="also write the report as JSON here")
     args = p.parse_args(argv)
@@ -167,19 +170,26 @@ def main(argv=None) -> int:
     model, tokenizer = models.load_default()
     reward = models.load_default_reward(TARGET)
     prompts = PROMPTS[:args.prompts]
-    names = args.configs.split(",") if args.configs else (QUICK if args.quick else list(CONFIGS))
+    names = [n for n in args.configs.split(";") if n] if args.configs is not None else (QUICK if args.quick else list(CONFIGS))
     rep = {"settings": dict(prompts=len(prompts), steps=args.steps, max_new_tokens=args.max_new_tokens,
                             seed=args.seed, threads=torch.get_num_threads(), target=TARGET)}
     greedy, greedy_ppl = greedy_perplexities(model, tokenizer, prompts, args.max_new_tokens)
     rep["greedy"] = [{"prompt": q, "response": t, "perplexity": x} for q, t, x in zip(prompts, greedy, greedy_ppl)]
     rep["greedy_mean_perplexity"] = _mean(greedy_ppl)
-    rep["sweep"] = sweep(model, tokenizer, reward, prompts, names, steps=args.steps,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed, say=say)
-    timing_steps = args.timing_steps or (3 if args.quick else 5)
+    def save():  # after each option set, so that a long sweep cut short keeps what it measured
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(rep, f, indent=1)
+
+    rep["sweep"] = {}
+    sweep(model, tokenizer, reward, prompts, names, steps=args.steps, max_new_tokens=args.max_new_tokens,
+          seed=args.seed, say=say, out=rep["sweep"], save=save)
+    timing_steps = args.timing_steps if args.timing_steps is not None else (3 if args.quick else 5)
     rep["timing"] = []
-    for fluency in ("full", "detached"):
+    for fluency in ("full", "detached") if timing_steps else ():
         say(f"timing: fluency={fluency}, {timing_steps} steps")
-        rep["timing"].append(step_breakdown(model, tokenizer, reward, prompts, fluency=fluency, steps=timing_steps,
+        rep["timing"].append(step_breakdown(model, tokenizer, reward, PROMPTS[:args.timing_prompts or len(prompts)],
+                                            fluency=fluency, steps=timing_steps,
                                             max_new_tokens=args.max_new_tokens, seed=args.seed))
     if args.json_out:
         with open(args.json_out, "w") as f:
