@@ -296,9 +296,12 @@ class BaseLM:
 
     def logits(self, q: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[n, L, V]`` along soft tokens ``q [n, L, V]`` of the chains ``rows`` (default: all)."""
-        rows = torch.arange(q.shape[0]) if rows is None else rows.cpu()
-        r = rows.to(self.mask.device)
         emb = (q.to(device=self.E.device, dtype=self.E.dtype) @ self.E) * self.scale
+        return self._forward(emb, rows)
+
+    def _forward(self, emb: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        rows = torch.arange(emb.shape[0]) if rows is None else rows.cpu()
+        r = rows.to(self.mask.device)
         kwargs = {"inputs_embeds": torch.cat([self.last[r], emb.to(self.last.device)], dim=1),
                   "attention_mask": self.mask[r], "use_cache": self.cache is not None}
         cache = self._fork(rows)
@@ -307,21 +310,28 @@ class BaseLM:
         if self.api.position_ids:
             kwargs["position_ids"] = self.position_ids[r]
         self.rows_run += len(rows)
-        L = q.shape[1]
+        L = emb.shape[1]
         return self.model(**kwargs).logits[:, :L].to(device=self.device, dtype=torch.float32)
 
     @torch.no_grad()
     def target(self, q: torch.Tensor, one_hot: bool) -> torch.Tensor:
-        """Detached logits ``[N, L, V]``; memoised per chain when ``q`` is one-hot."""
+        """Detached logits ``[N, L, V]``; for one-hot ``q`` the embedding is a row lookup (the same
+        values as ``q @ E``) and the logits are memoised per chain."""
         if not one_hot:
             return self.logits(q)
         tokens = q.argmax(-1)
         if self.memo_tokens is None:
-            self.memo_logits, self.memo_tokens = self.logits(q), tokens
-            return self.memo_logits
-        changed = (tokens != self.memo_tokens).any(-1).nonzero().squeeze(1)
+            changed = torch.arange(tokens.shape[0], device=tokens.device)
+            self.memo_logits = torch.empty(0)
+        else:
+            changed = (tokens != self.memo_tokens).any(-1).nonzero().squeeze(1)
         if len(changed):
-            self.memo_logits[changed] = self.logits(q[changed], changed)
+            emb = self.E[tokens[changed].to(self.E.device)] * self.scale
+            fresh = self._forward(emb, changed)
+            if self.memo_tokens is None:
+                self.memo_logits = fresh
+            else:
+                self.memo_logits[changed] = fresh
             self.memo_tokens = tokens
         return self.memo_logits
 
