@@ -15,7 +15,7 @@ from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
 __all__ = ["check_int", "check_float", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
-           "compiled_step", "greedy_baseline"]
+           "compiled_step", "greedy_baseline", "attach_metrics"]
 
 
 def check_int(value, name: str, lo: int = 1) -> int:
@@ -124,8 +124,17 @@ def compiled_step(model, encoded: EncodedPrompts, enabled: bool, *, repeats: int
 
 
 def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,
-                    max_new_tokens: int) -> tuple[list[str], list[float]]:
-    """The unperturbed greedy response to each prompt and its reward (``with_base=True`` of AISP and
-    Best-of-N; not counted in ``reward_calls``)."""
-    texts, _ = encoded.responses(tokenizer, encoded.decode(model, max_new_tokens=max_new_tokens))
-    return texts, call_reward(reward, encoded.texts, texts).tolist()
+                    max_new_tokens: int) -> tuple[list[str], list[float], list[list[int]]]:
+    """The unperturbed greedy response to each prompt, its reward and its ids (``with_base=True`` of AISP
+    and Best-of-N; not counted in ``reward_calls``)."""
+    texts, ids = encoded.responses(tokenizer, encoded.decode(model, max_new_tokens=max_new_tokens))
+    return texts, call_reward(reward, encoded.texts, texts).tolist(), ids
+
+
+def attach_metrics(model, encoded: EncodedPrompts, reward, results, base_ids, candidates) -> None:
+    """:func:`fastalign.metrics.attach` in eval mode, for results of ``encoded``'s prompts."""
+    from fastalign import metrics
+
+    with engine.eval_mode(model):
+        metrics.attach(results, model, encoded.input_ids, encoded.attention_mask, reward, base_ids=base_ids,
+                       candidates=candidates)

@@ -178,7 +178,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                   variance: float | None = None, lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None,
                   max_new_tokens: int = 128, normalize_rewards: bool = False, mean_rollout: bool = False,
                   final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
-                  with_base: bool = False, compile: bool = False, progress: bool = True):
+                  with_base: bool = False, compile: bool = False, progress: bool = True, metrics: bool = True):
     """Align responses to ``prompts`` with AISP.
 
     Args:
@@ -212,6 +212,9 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
             cache, ``torch.compile(fullgraph=True)`` of the forward with the fused op inside, replayed as a
             CUDA graph on a GPU). Pays a compilation once per call; the tokens equal the eager ones up to
             rounding of the compiled kernels.
+        metrics: attach text-quality metrics to each result (:mod:`fastalign.metrics`: base-model
+            perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
+            candidate).
         progress: one line per iteration on stderr.
 
     Returns:
@@ -228,12 +231,12 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                                   compile=compile)
     device = _common.check_model_and_reward(model, reward, backend)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
-    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
+    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
     return results[0] if single else results
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: AispSettings, *, with_base: bool = False,
-        progress: bool = True) -> list:
+        progress: bool = True, metrics: bool = True) -> list:
     """AISP on already encoded prompts (what :func:`aisp_generate` and :mod:`fastalign.hf` share): one
     :class:`~fastalign.results.AlignResult` per prompt."""
     st = settings
@@ -254,9 +257,9 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
 
     with engine.eval_mode(model):
         encoded.prefill(model)
-        base_texts = base_rewards = None
+        base_texts = base_rewards = base_ids = None
         if with_base:
-            base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
+            base_texts, base_rewards, base_ids = _common.greedy_baseline(model, tokenizer, reward, encoded,
                                                                max_new_tokens=st.max_new_tokens)
         u = torch.zeros(B, st.horizon, _head_width(head), dtype=torch.float32, device=device)
         perturb = _Perturbation(u, st.n, st.sigma, seeds, st.backend)
@@ -284,7 +287,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
             score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u)), 1)
 
     seconds = time.perf_counter() - t0
-    return [
+    results = [
         best.result(
             b, prompt=prompts[b], method="aisp", reward_calls=st.reward_calls, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
@@ -295,3 +298,6 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
         )
         for b in range(B)
     ]
+    if metrics:
+        _common.attach_metrics(model, encoded, reward, results, base_ids, best.candidates)
+    return results

@@ -51,7 +51,7 @@ class BonSettings:
 def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed=0, max_new_tokens: int = 128, batch_size: int = 64,
                  chat_template: bool | None = None, with_base: bool = False, compile: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, metrics: bool = True):
     """Best-of-``n`` sampling.
 
     Args:
@@ -66,6 +66,9 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
             ``max(1, batch_size // B)`` samples of every prompt.
         with_base: also decode and score the greedy response (not counted in ``reward_calls``).
         compile: run the rounds' decode step compiled (see :func:`fastalign.aisp.aisp_generate`).
+        metrics: attach text-quality metrics to each result (:mod:`fastalign.metrics`: base-model
+            perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
+            candidate).
         progress: one line per round on stderr.
 
     Returns:
@@ -78,12 +81,12 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile)
     device = _common.check_model_and_reward(model, reward, None)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
-    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress)
+    results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
     return results[0] if single else results
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: BonSettings, *, with_base: bool = False,
-        progress: bool = True) -> list:
+        progress: bool = True, metrics: bool = True) -> list:
     """Best-of-N on already encoded prompts (what :func:`bon_generate` and :mod:`fastalign.hf` share)."""
     st = settings
     device = encoded.input_ids.device
@@ -97,9 +100,9 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
     best = BestSoFar(B)
     with engine.eval_mode(model):
         encoded.prefill(model)
-        base_texts = base_rewards = None
+        base_texts = base_rewards = base_ids = None
         if with_base:
-            base_texts, base_rewards = _common.greedy_baseline(model, tokenizer, reward, encoded,
+            base_texts, base_rewards, base_ids = _common.greedy_baseline(model, tokenizer, reward, encoded,
                                                                max_new_tokens=st.max_new_tokens)
         with _common.compiled_step(model, encoded, st.compile, repeats=per_round,
                                    max_new_tokens=st.max_new_tokens) as step:
@@ -124,7 +127,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
                     + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
     seconds = time.perf_counter() - t0
-    return [
+    results = [
         best.result(
             b, prompt=prompts[b], method="bon", reward_calls=st.n, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
@@ -134,3 +137,6 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
         )
         for b in range(B)
     ]
+    if metrics:
+        _common.attach_metrics(model, encoded, reward, results, base_ids, best.candidates)
+    return results

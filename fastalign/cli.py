@@ -354,7 +354,7 @@ def _read_prompts(args) -> list[dict]:
 ALIGN_DEFAULTS = {
     "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=0.5, lam=0.02, alpha=0.999),
     "bon": dict(n=8, iterations=4, max_new_tokens=48),
-    "sea": dict(n=1, iterations=20, max_new_tokens=32, lr=0.1),
+    "sea": dict(n=4, iterations=20, max_new_tokens=32, lr=0.1),
 }
 
 
@@ -418,10 +418,17 @@ def _print_result(res, args, target: str) -> None:
     base_label = "base (sampled start)" if res.method == "sea" else "base (greedy)"
     print(f"prompt: {res.prompt}")
     print(f"target: {target}")
-    print(f"\n{base_label}, reward {fmt(res.base_reward)}:\n  {res.base_response}")
+    from fastalign.results import fmt_metrics
+
+    metrics = getattr(res, "metrics", None) or {}
+    base_ppl = metrics.get("base_perplexity")
+    base_quality = "" if base_ppl is None else f", perplexity {base_ppl:.2f}"
+    print(f"\n{base_label}, reward {fmt(res.base_reward)}{base_quality}:\n  {res.base_response}")
     gain = "" if res.base_reward is None else f" ({res.reward - res.base_reward:+.4f})"
     settings = ", ".join(f"{k}={v}" for k, v in _describe(args).items())
-    print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}:\n  {res.response}")
+    quality = {k: v for k, v in metrics.items() if k != "base_perplexity"}
+    quality = f", {fmt_metrics(quality)}" if quality else ""
+    print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}{quality}:\n  {res.response}")
     trace = " ".join(f"{m:.3f}/{x:.3f}" for m, x in res.trace) if res.trace_mean else "-"
     print(f"\nreward calls: {res.reward_calls}   time: {res.seconds:.1f} s   reward mean/max per round: {trace}")
     print("-" * 72, flush=True)

@@ -181,7 +181,7 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
                                         final_samples=final_samples, seed=seed, backend=backend)
     _common.check_model_and_reward(model, reward, backend)
     encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config)
-    results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress)
+    results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
 
@@ -206,7 +206,7 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
                                       batch_size=batch_size)
     _common.check_model_and_reward(model, reward, None)
     encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc)
-    results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress)
+    results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["AlignResult", "BestSoFar", "fmt"]
+__all__ = ["AlignResult", "BestSoFar", "fmt", "fmt_metrics"]
 
 
 @dataclass
@@ -32,6 +32,10 @@ class AlignResult:
         base_response, base_reward: the unaligned reference response (greedy for AISP/Best-of-N when
             asked for with ``with_base=True``; the sampled initial response for SEA) and its reward.
         extra: method-specific traces (SEA: ``energy``, ``soft_reward``, ``fluency``, ``grad_norm``).
+        metrics: text-quality metrics (:mod:`fastalign.metrics`): ``perplexity`` (base model, given the
+            prompt), ``base_perplexity`` (of ``base_response``, where there is one), ``coherence``
+            (prompt-response embedding cosine), ``distinct_2`` / ``distinct_3`` (over the prompt's
+            candidates); empty when the method ran with ``metrics=False``.
     """
 
     prompt: str
@@ -46,6 +50,7 @@ class AlignResult:
     base_response: str | None = None
     base_reward: float | None = None
     extra: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
 
     @property
     def trace(self) -> list[tuple[float, float]]:
@@ -67,6 +72,7 @@ class AlignResult:
             "base_response": self.base_response,
             "base_reward": self.base_reward,
             "extra": dict(self.extra),
+            "metrics": dict(self.metrics),
         }
 
 
@@ -83,6 +89,7 @@ class BestSoFar:
         self.ids: list[list[int]] = [[] for _ in range(B)]
         self.trace_mean: list[list[float]] = [[] for _ in range(B)]
         self.trace_max: list[list[float]] = [[] for _ in range(B)]
+        self.candidates: list[list[str]] = [[] for _ in range(B)]  # every scored response (for distinct-n)
 
     def update(self, rewards: torch.Tensor, texts: Sequence[str], id_lists: Sequence[list[int]]) -> None:
         """Take one round: ``rewards [B, m]``; ``texts``/``id_lists`` of the ``B*m`` candidates, prompt-major."""
@@ -95,6 +102,7 @@ class BestSoFar:
                 self.ids[b] = id_lists[b * m + i]
             self.trace_mean[b].append(float(row.mean()))
             self.trace_max[b].append(float(row.max()))
+            self.candidates[b].extend(texts[b * m:(b + 1) * m])
 
     def result(self, b: int, **fields) -> AlignResult:
         """The :class:`AlignResult` of prompt ``b`` (``fields``: prompt, method, reward_calls, ...)."""
@@ -104,3 +112,16 @@ class BestSoFar:
 
 def fmt(x: float) -> str:
     return "-inf" if x == -math.inf else f"{x:.4f}"
+
+
+def fmt_metrics(metrics: dict) -> str:
+    """``"perplexity 12.3 (base 10.1), coherence 0.412, distinct-2/3 0.91/0.97"`` (what is present)."""
+    parts = []
+    if "perplexity" in metrics:
+        base = metrics.get("base_perplexity")
+        parts.append(f"perplexity {metrics['perplexity']:.2f}" + ("" if base is None else f" (base {base:.2f})"))
+    if "coherence" in metrics:
+        parts.append(f"coherence {metrics['coherence']:.3f}")
+    if "distinct_2" in metrics:
+        parts.append(f"distinct-2/3 {metrics['distinct_2']:.2f}/{metrics['distinct_3']:.2f}")
+    return ", ".join(parts)

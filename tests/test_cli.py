@@ -169,6 +169,9 @@ def test_align_happy_path_json(capsys, tiny_model_dir, method, monkeypatch, tmp_
     assert res["reward"] >= max(res["trace_max"]) - 1e-6
     assert -1.0 <= res["base_reward"] <= 1.0
     assert res["settings"]["n"] == 3
+    m = res["metrics"]  # text quality beside the reward (the reward's MiniLM encoder gives coherence)
+    assert {"perplexity", "base_perplexity", "coherence", "distinct_2", "distinct_3"} <= set(m)
+    assert m["perplexity"] > 1.0 and -1.0 <= m["coherence"] <= 1.0 and 0.0 <= m["distinct_2"] <= 1.0
 
 
 def test_align_text_output(capsys, tiny_model_dir):
@@ -176,6 +179,7 @@ def test_align_text_output(capsys, tiny_model_dir):
                        "--iterations", "1", "--max-new-tokens", "3", "--backend", "torch")
     assert rc == 0, err
     assert "base (greedy), reward" in out and "aligned (AISP:" in out and "reward calls: 2" in out
+    assert out.count("perplexity") == 2 and "coherence" in out and "distinct-2/3" in out
     assert "fastalign aisp:" in err  # progress on stderr
 
 

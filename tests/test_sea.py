@@ -1,6 +1,8 @@
 """SEA over tiny random causal LMs: energy goes down, shapes, determinism, batch invariance, backends, errors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -8,7 +10,8 @@ import _tiny
 import fastalign as fa
 from fastalign.results import AlignResult
 from fastalign.rewards import SequenceClassifierReward
-from fastalign.sea import noise_schedule, sea_generate
+from fastalign.sea import (BaseLM, SeaSettings, decode_tokens, energy_and_grad, noise_schedule, sea_generate,
+                           soft_tokens)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -16,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
-KW = dict(steps=12, max_new_tokens=8, reward_weight=5.0, progress=False)
+#: the pre-issue-14 sampler (soft tokens, fluency through the LM, argmax decoding): its tests still hold
+LEGACY = dict(soft_tokens="soft", fluency="full", decoding="argmax")
+KW = dict(steps=12, max_new_tokens=8, reward_weight=5.0, progress=False, metrics=False, **LEGACY)
 
 
 def test_noise_schedule():
@@ -49,7 +54,7 @@ def test_shapes_types_and_energy_goes_down(arch):
 def test_energy_decreases_steadily_without_noise():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     res = sea_generate(model, tok, _tiny.PROMPTS[0], _tiny.SoftCountReward("w7"), noise="none", clip=None,
-                       backend="torch", **KW)
+                       backend="torch", chains=1, **KW)
     e = res.extra["energy"]
     assert sum(b < a for a, b in zip(e, e[1:])) >= len(e) - 3, e
     assert e[-1] < e[0]
@@ -58,26 +63,28 @@ def test_energy_decreases_steadily_without_noise():
 def test_sea_improves_the_decoded_reward():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     out = sea_generate(model, tok, _tiny.PROMPTS, _tiny.SoftCountReward("w7"), steps=25, max_new_tokens=8,
-                       reward_weight=5.0, progress=False, backend="torch")
+                       reward_weight=5.0, progress=False, backend="torch", chains=1, **LEGACY)
     assert sum(r.reward for r in out) > sum(r.base_reward for r in out)
 
 
 def test_langevin_noise_and_sgld_run():
     model, tok = _tiny.model("qwen2"), _tiny.tokenizer()
     res = sea_generate(model, tok, _tiny.PROMPTS[1], _tiny.SoftCountReward(), noise="langevin", noise_std=0.01,
-                       optimizer="sgld", lr=2.0, clip="row", backend="torch", **KW)
+                       optimizer="sgld", lr=2.0, clip="row", backend="torch", chains=1, **KW)
     assert res.extra["energy"][-1] < res.extra["energy"][0]
     assert len(res.extra["grad_norm"]) == KW["steps"] and len(res.extra["grad_norm"][0]) == 1
 
 
-def test_eval_every_and_rerank():
+def test_eval_every_and_lm_topk_decoding():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
-    kw = dict(KW, seed=1, backend="torch")
-    plain = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), **kw)
-    ranked = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), rerank_top_k=3, eval_every=4, **kw)
+    kw = dict(KW, seed=1, backend="torch", chains=1)
+    kw.pop("decoding")
+    plain = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), decoding="argmax", **kw)
+    ranked = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), decoding="lm_topk", decode_topk=3,
+                          eval_every=4, **kw)
     assert len(ranked.trace_mean) == 1 + 2 + 1  # initial, steps 4 and 8, final
-    assert ranked.reward_calls == 5  # ... plus the re-ranked decoding
-    assert ranked.reward >= plain.reward
+    assert ranked.reward_calls == 4
+    assert ranked.extra["energy"] == plain.extra["energy"]  # decoding does not change the optimisation
 
 
 def test_determinism_and_seed():
@@ -133,7 +140,7 @@ def test_errors():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     with pytest.raises(TypeError, match="differentiable"):
         sea_generate(model, tok, "w1", _tiny.count_reward(), **KW)
-    with pytest.raises(ValueError, match="reward: expected 1 rewards"):
+    with pytest.raises(ValueError, match="reward: expected 4 rewards"):
         sea_generate(model, tok, "w1", _WrongLength(), **KW)
     with pytest.raises(ValueError, match="NaN"):
         sea_generate(model, tok, "w1", _NaNReward(), **KW)
@@ -156,3 +163,186 @@ class _WrongLength(_tiny.SoftCountReward):
 class _NaNReward(_tiny.SoftCountReward):
     def __call__(self, prompts, responses):
         return torch.full((len(responses),), float("nan"))
+
+
+# ------------------------------------------------------------------ issue 14: the phases and options
+def _encoded(model, tok, prompts):
+    from fastalign import _common
+
+    return _common.EncodedPrompts.from_texts(model, tok, prompts, chat_template=False, device=torch.device("cpu"))
+
+
+def _settings(**kw):
+    base = dict(chains=1, steps=1, lr=0.1, optimizer="adam", noise="none", noise_std=0.0, max_norm=1.0, clip="chain",
+                init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
+                fluency="detached", flu_topk=None, flu_weight=1.0, reward_weight=0.0, decoding="lm_topk",
+                decode_topk=3, max_new_tokens=5, eval_every=None, seed=0, backend="torch")
+    return SeaSettings.check(**{**base, **kw})
+
+
+def test_straight_through_value_is_one_hot_and_gradient_is_the_softmax():
+    torch.manual_seed(0)
+    y = torch.randn(2, 3, 7, requires_grad=True)
+    w = torch.randn(2, 3, 7)
+    q = soft_tokens(y, "straight_through", 0.5)
+    assert torch.equal(q.detach(), torch.nn.functional.one_hot(y.argmax(-1), 7).float())
+    (g_st,) = torch.autograd.grad((q * w).sum(), y)
+    (g_soft,) = torch.autograd.grad((torch.softmax(y / 0.5, -1) * w).sum(), y)
+    torch.testing.assert_close(g_st, g_soft)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_straight_through_forward_equals_a_forward_on_the_argmax_ids(arch):
+    model, tok = _tiny.model(arch), _tiny.tokenizer()
+    prompts = ["w1 w2 w3", "w4"]  # left padding on the second prompt
+    enc = _encoded(model, tok, prompts)
+    chains, L = 2, 4
+    resp_mask = torch.ones(len(prompts) * chains, L, dtype=torch.bool)
+    lm = BaseLM(model, enc.prefill(model), chains, resp_mask, torch.device("cpu"))
+    torch.manual_seed(1)
+    y = torch.randn(len(prompts) * chains, L, _tiny.VOCAB_SIZE, requires_grad=True)
+    got = lm.logits(soft_tokens(y, "straight_through"))
+    ids = y.argmax(-1)
+    for i in range(len(prompts) * chains):
+        prompt_ids = tok(prompts[i // chains])["input_ids"]
+        full = torch.cat([torch.tensor(prompt_ids), ids[i]]).unsqueeze(0)
+        ref = model(input_ids=full).logits[0, len(prompt_ids) - 1:len(prompt_ids) - 1 + L]
+        torch.testing.assert_close(got[i], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lm_topk_decoding_emits_only_the_base_models_top_k():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    prompts = ["w1 w2 w3", "w4"]
+    k, L, chains = 3, 6, 2
+    st = _settings(chains=chains, decode_topk=k, max_new_tokens=L)
+    enc = _encoded(model, tok, prompts)
+    torch.manual_seed(2)
+    y = torch.randn(len(prompts) * chains, L, _tiny.VOCAB_SIZE) * 5
+    tokens = decode_tokens(model, enc, y, st)
+    assert not torch.equal(tokens, y.argmax(-1))  # the rule differs from argmax here
+    for i in range(len(prompts) * chains):
+        prefix = tok(prompts[i // chains])["input_ids"]
+        for l in range(L):
+            t = int(tokens[i, l])
+            logits = model(input_ids=torch.tensor([prefix])).logits[0, -1]
+            top = logits.topk(k).indices
+            assert t in top.tolist(), (i, l)
+            assert t == int(top[y[i, l, top].argmax()])  # the candidate y ranks highest
+            if t == 1:  # EOS ends the response
+                break
+            prefix = prefix + [t]
+
+
+def test_detached_fluency_gradient_is_softmax_minus_the_target_and_memoised():
+    """fluency='detached', reward weight 0: d/dy of mean_l CE(p_base_l, softmax(y_l)) = (q_l - p_l) / L,
+    with p the base LM's distribution along the argmax tokens (no backward through the LM)."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    enc = _encoded(model, tok, ["w1 w2", "w3"])
+    L = 4
+    mask = torch.ones(2, L, dtype=torch.bool)
+    lm = BaseLM(model, enc.prefill(model), 1, mask, torch.device("cpu"))
+    st = _settings(reward_weight=0.0)
+    torch.manual_seed(3)
+    y = torch.randn(2, L, _tiny.VOCAB_SIZE)
+    soft = _tiny.SoftCountReward().soft_reward_fn(model, tok)
+    e = energy_and_grad(y, lm, soft, ["w1 w2", "w3"], mask, st)
+    p = torch.softmax(lm.logits(soft_tokens(y, "straight_through")).detach(), -1)
+    torch.testing.assert_close(e.grad, (torch.softmax(y, -1) - p) / L, atol=1e-6, rtol=1e-5)
+    rows = lm.rows_run
+    energy_and_grad(y + 1e-3, lm, soft, ["w1 w2", "w3"], mask, st)  # same argmax: memoised, no LM forward
+    assert lm.rows_run == rows
+    y2 = y.clone()
+    y2[1, 0, 5] = 100.0  # chain 1's token changes: only its row reruns
+    e2 = energy_and_grad(y2, lm, soft, ["w1 w2", "w3"], mask, st)
+    assert lm.rows_run == rows + 1
+    fresh = BaseLM(model, enc, 1, mask, torch.device("cpu"))
+    torch.testing.assert_close(e2.grad, energy_and_grad(y2, fresh, soft, ["w1 w2", "w3"], mask, st).grad)
+
+
+def test_full_and_detached_fluency_differ_by_the_lm_path():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    enc = _encoded(model, tok, ["w1 w2"])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    torch.manual_seed(4)
+    y = torch.randn(1, 3, _tiny.VOCAB_SIZE)
+    soft = _tiny.SoftCountReward().soft_reward_fn(model, tok)
+    grads = {}
+    for mode in ("full", "detached"):
+        lm = BaseLM(model, enc.prefill(model), 1, mask, torch.device("cpu"))
+        e = energy_and_grad(y, lm, soft, ["w1 w2"], mask, _settings(fluency=mode, soft_tokens="soft"))
+        grads[mode] = e.grad
+    assert e.fluency.item() > 0
+    assert (grads["full"] - grads["detached"]).abs().max() > 1e-4  # the full gradient includes the LM's backward
+
+
+def _chain_norms(res):
+    return [[round(x, 5) for x in row] for row in res.extra["grad_norm"]]
+
+
+def test_chains_are_independent_of_each_other_and_of_the_batch():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(steps=6, max_new_tokens=6, reward_weight=5.0, progress=False, metrics=False, backend="torch", seed=3,
+              noise="langevin", noise_std=0.05)
+    three = sea_generate(model, tok, _tiny.PROMPTS[:3], _tiny.SoftCountReward(), chains=3, **kw)
+    two = sea_generate(model, tok, _tiny.PROMPTS[1], _tiny.SoftCountReward(), chains=2, **kw)
+    alone = sea_generate(model, tok, _tiny.PROMPTS[1], _tiny.SoftCountReward(), chains=3, **kw)
+    # chain c of a prompt takes the same path whatever the other chains and prompts are
+    assert [row[:2] for row in _chain_norms(three[1])] == _chain_norms(two)
+    assert _chain_norms(three[1]) == _chain_norms(alone)
+    assert three[1].response_ids == alone.response_ids and three[1].base_response == alone.base_response
+    assert three[1].extra["energy"] == pytest.approx(alone.extra["energy"], rel=1e-5, abs=1e-5)
+
+
+class _NaNChainReward(_tiny.SoftCountReward):
+    """The soft reward is NaN for the rows in ``bad`` (a chain whose energy turns non-finite)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = list(bad)
+
+    def soft_reward_fn(self, model, tok):
+        inner = super().soft_reward_fn(model, tok)
+        bad = self.bad
+
+        def soft(prompts, probs, lengths):
+            r = inner(prompts, probs, lengths)
+            nan = torch.zeros_like(r)
+            nan[bad] = float("nan")
+            return r + nan
+
+        soft.is_soft_reward = True
+        return soft
+
+
+def test_a_non_finite_chain_is_warned_about_and_excluded():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(steps=4, max_new_tokens=6, reward_weight=5.0, progress=False, metrics=False, backend="torch", seed=5)
+    with pytest.warns(RuntimeWarning, match="chain 1 of prompt 0 .*non-finite.*excluded"):
+        out = sea_generate(model, tok, _tiny.PROMPTS[:2], _NaNChainReward([1]), chains=2, **kw)
+    assert out[0].extra["failed_chains"] == [1] and out[0].extra["chain"] == 0
+    assert out[1].extra["failed_chains"] == []
+    ok = sea_generate(model, tok, _tiny.PROMPTS[:2], _tiny.SoftCountReward(), chains=2, **kw)
+    assert out[1].response_ids == ok[1].response_ids  # the other prompt is unaffected
+    assert all(math.isfinite(x) for x in out[0].extra["energy"])  # traces over the finite chains only
+    with pytest.raises(FloatingPointError, match="every chain of prompt 1"):
+        with pytest.warns(RuntimeWarning):
+            sea_generate(model, tok, _tiny.PROMPTS[:2], _NaNChainReward([2, 3]), chains=2, **kw)
+
+
+def test_new_options_are_validated():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    for bad, name in ((dict(soft_tokens="hard"), "soft_tokens"), (dict(fluency="half"), "fluency"),
+                      (dict(decoding="beam"), "decoding"), (dict(decode_topk=0), "decode_topk"),
+                      (dict(flu_topk=0), "flu_topk")):
+        with pytest.raises(ValueError, match=name):
+            sea_generate(model, tok, "w1", _tiny.SoftCountReward(), steps=1, max_new_tokens=3, progress=False, **bad)
+
+
+def test_defaults_run_and_attach_metrics():
+    model, tok = _tiny.model("qwen2"), _tiny.tokenizer()
+    res = sea_generate(model, tok, _tiny.PROMPTS[0], _tiny.SoftCountReward(), steps=5, max_new_tokens=6,
+                       progress=False, backend="torch")
+    assert res.extra["chains"] == 4 and res.reward_calls == 2 * 4
+    assert res.extra["lm_forward_rows"] <= 5 * 4  # memoised straight-through target
+    assert {"perplexity", "base_perplexity", "distinct_2", "distinct_3"} <= set(res.metrics)
+    assert res.to_dict()["metrics"] == res.metrics
