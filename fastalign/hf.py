@@ -33,6 +33,7 @@ The reward scores texts, so it needs the policy's tokenizer: ``text_tokenizer=``
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from pathlib import Path
 
@@ -41,8 +42,9 @@ import torch
 from fastalign import _common, engine
 from fastalign import aisp as _aisp
 from fastalign import bon as _bon
+from fastalign import sea as _sea
 
-__all__ = ["aisp", "bon", "generate", "hub_dir"]
+__all__ = ["aisp", "bon", "sea", "generate", "hub_dir"]
 
 #: model_kwargs that ``generate`` prepares for every decoding method and that fastalign's engine
 #: computes itself (its own cache, positions and head slicing).
@@ -210,7 +212,47 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     return _as_generate_output(input_ids, results, encoded, T)
 
 
-_METHODS = {"aisp": aisp, "bon": bon}
+#: SEA's settings (the keyword arguments of :func:`fastalign.sea.sea_generate` that SeaSettings.check takes)
+_SEA_OPTIONS = {name: p.default for name, p in inspect.signature(_sea.sea_generate).parameters.items()
+                if name in inspect.signature(_sea.SeaSettings.check).parameters and name != "max_new_tokens"}
+
+
+def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+        synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, soft_reward=None,
+        progress: bool = False, **kwargs):
+    """SEA as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.sea,
+    reward=..., text_tokenizer=..., steps=..., chains=...)``. The SEA options (``chains``, ``steps``,
+    ``lr``, ``soft_tokens``, ``fluency``, ``decoding``, ``noise``, ``seed``, ...) are those of
+    :func:`fastalign.sea.sea_generate`, with its defaults; ``reward`` must have a differentiable form
+    (or pass ``soft_reward``). SEA samples its own starting responses, so it needs ``do_sample=False``."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SEA_OPTIONS}
+    generation_config = generation_config or model.generation_config
+    _check_supported(generation_config, logits_processor, stopping_criteria, kwargs, sampling=False,
+                     streamer=streamer or _generate_frame_value("streamer"),
+                     assistant_model=_generate_frame_value("assistant_model"))
+    if reward is None:
+        raise ValueError("reward: fastalign.hf.sea needs reward=f(prompts, responses) -> [N]")
+    T = _max_new_tokens(generation_config, input_ids.shape[1])
+    settings = _sea.SeaSettings.check(**{**_SEA_OPTIONS, **options}, max_new_tokens=T)
+    _common.check_model_and_reward(model, reward, settings.backend)
+    engine.input_embedding(model)  # refuses an offloaded embedding before any work
+    encoded = _encoded(model, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config)
+    soft = soft_reward if soft_reward is not None else _sea.as_soft_reward(reward, model, text_tokenizer)
+    results = _sea.run(model, text_tokenizer, encoded, reward, soft, settings, metrics=False, progress=progress)
+    return _as_generate_output(input_ids, results, encoded, T)
+
+
+def _declare_options(fn, options: dict) -> None:
+    """List ``options`` as keyword-only parameters in ``fn``'s signature: ``generate`` passes a callable
+    only the arguments its signature names (the rest it refuses as unused model kwargs)."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in options.items()]
+    fn.__signature__ = sig.replace(parameters=params + extra + [sig.parameters["kwargs"]])
+
+
+_declare_options(sea, _SEA_OPTIONS)
+_METHODS = {"aisp": aisp, "bon": bon, "sea": sea}
 #: ``generate`` arguments the Hub calling convention passes that are not generation-config fields
 _CALL_ARGS = ("inputs", "generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
               "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids", "negative_prompt_attention_mask")
@@ -218,7 +260,7 @@ _CALL_ARGS = ("inputs", "generation_config", "logits_processor", "stopping_crite
 
 def generate(model, method: str = "aisp", **kwargs):
     """The Hub calling convention (``custom_generate="<folder>"``): every ``generate`` argument arrives
-    here. ``method`` picks ``"aisp"`` or ``"bon"``; the rest are the method's arguments and generation
+    here. ``method`` picks ``"aisp"``, ``"bon"`` or ``"sea"``; the rest are the method's arguments and generation
     config fields (``max_new_tokens``, ``do_sample``, ``temperature``, ...)."""
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {sorted(_METHODS)}, got {method!r}")

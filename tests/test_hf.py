@@ -140,3 +140,26 @@ def test_the_hub_folder_loads_from_a_local_path_and_equals_the_callable(tmp_path
     with pytest.raises(ValueError, match="method"):
         model.generate(**inputs, custom_generate=str(hub), trust_remote_code=True, method="beam", reward=reward,
                        tokenizer=tok, max_new_tokens=4)
+
+
+def test_sea_as_a_custom_generate_callable_equals_sea_generate():
+    from fastalign.sea import sea_generate
+
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    inputs = _inputs(tok)
+    reward = _tiny.SoftCountReward("w7")
+    sea_kw = dict(chains=2, steps=3, reward_weight=5.0, seed=3, backend="torch")
+    out = model.generate(**inputs, custom_generate=fastalign.hf.sea, reward=reward, text_tokenizer=tok,
+                         max_new_tokens=5, do_sample=False, **sea_kw)
+    want = sea_generate(model, tok, PROMPTS, reward, max_new_tokens=5, progress=False, metrics=False, **sea_kw)
+    assert torch.equal(out, _expected(inputs, want, 5))
+    via_hub = fastalign.hf.generate(model, method="sea", input_ids=inputs["input_ids"],
+                                    attention_mask=inputs["attention_mask"], reward=reward, tokenizer=tok,
+                                    max_new_tokens=5, do_sample=False, **sea_kw)
+    assert torch.equal(via_hub, out)
+    with pytest.raises(ValueError, match="do_sample"):
+        model.generate(**inputs, custom_generate=fastalign.hf.sea, reward=reward, text_tokenizer=tok,
+                       max_new_tokens=5, do_sample=True, **sea_kw)
+    with pytest.raises(ValueError, match="decoding"):
+        model.generate(**inputs, custom_generate=fastalign.hf.sea, reward=reward, text_tokenizer=tok,
+                       max_new_tokens=5, do_sample=False, decoding="beam", **sea_kw)
