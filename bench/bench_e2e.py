@@ -48,7 +48,7 @@ TARGET = "A warm, friendly and helpful answer that is clear, positive and encour
 CONTEXT = ("Earlier in this conversation we talked about daily habits, cooking at home, travelling on a "
            "budget, staying active through the winter and keeping in touch with friends who live far away. "
            "You gave practical, friendly suggestions and asked what I had already tried. ")
-DEFAULTS = dict(n=8, iterations=4, max_new_tokens=48, prompts=4, sea_steps=40, seed=0, prompt_tokens=0)
+DEFAULTS = dict(n=8, iterations=4, max_new_tokens=48, prompts=4, sea_steps=20, seed=0, prompt_tokens=0)
 # the AISP settings of the timed workload (the same for every checkout compared)
 AISP_KW = dict(sigma=0.5, lam=0.02, alpha=0.999)
 
