@@ -5,6 +5,7 @@ Subcommands::
     fastalign check [--backend NAME] [--quick] [--json]     every backend against the float64 reference
     fastalign info [--json]                                 versions, backends and why not, cache folders
     fastalign bench [--op OP] [--provider P] [--threads 1,all] [--csv F] [--json] [--plot F.png] [--e2e]
+    fastalign bench --e2e --budgets 16,32,64,128 [--prompts-file F.jsonl] [--quick] [--plot F.png] [--csv F] [--json]
     fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [-n N]
                     [--iterations K] [--seed S] [--backend B] [--json] [--prompts-file F.jsonl]
                     [--out results.jsonl] [--device-map auto]
@@ -89,6 +90,16 @@ def _top_p(text: str) -> float:
     if value == 0.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sorted(set(values))
 
 
 def _threads(text: str) -> str:
@@ -317,6 +328,14 @@ def cmd_bench(args) -> int:
 
     if args.plot:
         models.require("matplotlib", "--plot")
+    if args.budgets is not None and not args.e2e:
+        raise UsageError("--budgets: the budget study runs with --e2e (fastalign bench --e2e --budgets 16,32,64,128)")
+    if args.prompts_file is not None and args.budgets is None:
+        raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
+    if args.e2e and args.budgets is not None:
+        if args.prompts_file is not None and not Path(args.prompts_file).is_file():
+            raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
+        return _load_bench_module("bench_study").main_from_args(args)
     if args.e2e:
         e2e = _load_bench_module("bench_e2e")
         return e2e.main_from_args(args)
@@ -668,6 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=_positive_int, default=None, help="--e2e: response length")
     b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
     b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
+    b.add_argument("--budgets", type=_budgets, default=None, metavar="16,32,64,128",
+                   help="--e2e: the budget study (bench/bench_study.py): AISP vs Best-of-N (temperature 1, top-p "
+                        "0.9) at these reward calls per prompt; --plot/--csv/--json take its rows")
+    b.add_argument("--prompts-file", metavar="F.jsonl", default=None,
+                   help="--e2e --budgets: prompts (JSONL, default bench/prompts.jsonl)")
     b.add_argument("--seed", type=_seed, default=0)
     b.set_defaults(func=cmd_bench)
 
