@@ -375,11 +375,13 @@ def _read_prompts(args) -> list[dict]:
 
 
 #: Defaults of ``fastalign align`` when an option is not given: small enough to finish in about a
-#: minute per prompt on 2 CPU cores with the embedded default model (DESIGN.md section 6: with a
-#: cosine-similarity reward AISP needs a small lam; the paper's 0.3 does not learn).
+#: minute per prompt on 2 CPU cores with the embedded default model. AISP's noise and weights are the
+#: library's defaults (fastalign.aisp: variance 0.5 = std 0.707, z-scored rewards with lam 0.5), chosen
+#: by bench/bench_study.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
+#: keeps them equal).
 ALIGN_DEFAULTS = {
-    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=0.5, lam=0.02, alpha=0.999, normalize_rewards=False,
-                 mean_rollout=False, final_samples=0),
+    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=math.sqrt(0.5), lam=0.5, alpha=0.999,
+                 normalize_rewards=True, mean_rollout=False, final_samples=0),
     "bon": dict(n=8, iterations=4, max_new_tokens=48, top_p=1.0),
     "sea": dict(n=1, iterations=20, max_new_tokens=32, lr=0.1),
 }
@@ -717,14 +719,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
                         "FILE.py:FUNCTION); instead of --target")
     noise = a.add_mutually_exclusive_group()
-    noise.add_argument("--sigma", type=_positive_float, default=None, help="AISP noise std (default 0.5)")
+    noise.add_argument("--sigma", type=_positive_float, default=None,
+                       help="AISP noise std (default 0.707: variance 0.5)")
     noise.add_argument("--variance", type=_positive_float, default=None,
                        help="AISP noise scale as a variance (std = sqrt(variance)); not with --sigma")
-    a.add_argument("--lam", type=_positive_float, default=None, help="AISP temperature")
+    a.add_argument("--lam", type=_positive_float, default=None,
+                   help="AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)")
     a.add_argument("--alpha", type=_unit_float, default=None, help="AISP alpha in [0, 1]")
     a.add_argument("--horizon", type=_positive_int, default=None, help="AISP control horizon tau (tokens)")
     a.add_argument("--normalize-rewards", action=argparse.BooleanOptionalAction, default=None,
-                   help="AISP: z-score each prompt's rewards before dividing by --lam")
+                   help="AISP: z-score each prompt's rewards before dividing by --lam (default on; "
+                        "--no-normalize-rewards: the paper's raw r / lam)")
     a.add_argument("--mean-rollout", action="store_true", default=None,
                    help="AISP: also decode the noise-free learned mean as a candidate (one more reward call)")
     a.add_argument("--final-samples", type=_nonneg_int, default=None,

@@ -400,3 +400,12 @@ def test_align_compile_and_sigma_reach_the_methods(capsys, monkeypatch, tiny_mod
     assert seen["aisp"]["variance"] == 0.5 and "sigma" not in seen["aisp"] and seen["aisp"]["compile"] is True
     assert run(capsys, "align", *common, "--method", "bon")[0] == 1
     assert seen["bon"]["compile"] is True and seen["bon"]["top_p"] == 1.0
+
+
+def test_align_aisp_defaults_are_the_library_defaults():
+    """ALIGN_DEFAULTS spells out fastalign.aisp's study defaults (so the CLI starts without torch)."""
+    from fastalign import aisp
+
+    d = cli.ALIGN_DEFAULTS["aisp"]
+    assert d["sigma"] == aisp.DEFAULT_SIGMA and d["lam"] == aisp.DEFAULT_LAM
+    assert d["normalize_rewards"] is aisp.DEFAULT_NORMALIZE_REWARDS
