@@ -36,7 +36,10 @@ import torch
 TARGET = "A warm, friendly and helpful answer that is clear, positive and encouraging."
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.jsonl"
 DEFAULT_BUDGETS = (16, 32, 64, 128)
-DEFAULTS = dict(prompts=16, max_new_tokens=32, batch_prompts=8, seed=0)
+#: Default size: 8 prompts, 32 new tokens. The study decodes (AISP + 2 Best-of-N) x max budget rollouts per
+#: prompt; on the shared 2-vCPU machine that ran at 0.9-1.7 rollouts/s, so budgets up to 64 take ~15-25 min
+#: and up to 128 about twice that (bench/RESULTS.md).
+DEFAULTS = dict(prompts=8, max_new_tokens=32, batch_prompts=8, seed=0)
 QUICK = dict(prompts=4, max_budget=32, max_new_tokens=24)
 #: Best-of-N variants of the study: (label, keyword arguments of bon_generate)
 BON_VARIANTS = (("bon t=1", {"temperature": 1.0}), ("bon top-p=0.9", {"temperature": 1.0, "top_p": 0.9}))
@@ -183,7 +186,7 @@ def _merge(batch_rows: list[list[dict]], prompts: list[str]) -> tuple[list[dict]
 def run_study(model=None, tokenizer=None, reward=None, prompts=None, *, budgets=DEFAULT_BUDGETS,
               aisp_settings=None, bon_variants=BON_VARIANTS, max_new_tokens: int = DEFAULTS["max_new_tokens"],
               batch_prompts: int = DEFAULTS["batch_prompts"], seed: int = DEFAULTS["seed"], progress: bool = True):
-    """The study on ``prompts`` (default: the first 16 of ``bench/prompts.jsonl``): ``(rows, responses)``.
+    """The study on ``prompts`` (default: the first 8 of ``bench/prompts.jsonl``): ``(rows, responses)``.
 
     ``model``/``tokenizer`` default to the embedded SmolLM2-135M-Instruct and ``reward`` to the
     all-MiniLM-L6-v2 cosine similarity with :data:`TARGET`. ``aisp_settings``: ``[(label, kwargs of

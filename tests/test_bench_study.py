@@ -1,5 +1,6 @@
 """The budget study (bench/bench_study.py): nested Best-of-N rows equal a direct Best-of-k, AISP rows
 equal the run's best-so-far trace, rows over prompts are mean ± standard error; CLI routing."""
+import json
 import math
 
 import pytest
@@ -90,3 +91,27 @@ def test_bench_budgets_routing_errors(capsys):
         rc = cli.main(argv)
         _, err = capsys.readouterr()
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_budget_study_plumbing(capsys, monkeypatch, tmp_path):
+    """`fastalign bench --e2e --budgets ... --quick --prompts-file F --csv F --json` reaches run_study with
+    the quick size and the file's prompts, and writes its rows (run_study replaced by a stub)."""
+    seen = {}
+
+    def fake(**kw):
+        seen.update(kw)
+        rows = [{"method": "bon", "setting": "bon t=1", "budget": b, "reward_calls": b, "reward_mean": 0.5,
+                 "reward_se": 0.1, "prompts": 2, "seconds_per_prompt": 1.0} for b in kw["budgets"]]
+        return rows, []
+
+    monkeypatch.setattr(study, "run_study", fake)
+    monkeypatch.setattr(cli, "_load_bench_module", lambda name: study)
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    rc = cli.main(["bench", "--e2e", "--budgets", "64,16,32", "--quick", "--prompts-file", str(f),
+                   "--csv", str(tmp_path / "r.csv"), "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert seen["budgets"] == [16, 32] and seen["prompts"] == ["a", "b"] and seen["max_new_tokens"] == 24
+    assert [r["budget"] for r in json.loads(out)] == [16, 32]
+    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("method,setting,budget")
