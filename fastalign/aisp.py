@@ -21,12 +21,26 @@ Mechanics:
   (:func:`fastalign.sampling.stream_seeds`), so a prompt gives the same response alone or inside any
   batch, whatever its position. ``seed`` may also be a list with one int per prompt.
 
-Defaults are the paper's (n=32, K=32 iterations, sigma=0.5 — the paper's best — lam=0.3,
-alpha=0.999). The weights are ``softmax(r / lam - ...)``, so ``lam`` only means something relative to
-the spread of the rewards: with a cosine-similarity reward (spread ~0.05 on SmolLM2-135M) lam=0.3
-gives near-uniform weights and no learning, while lam=0.02 learns (DESIGN.md section 6).
-``normalize_rewards=True`` z-scores each prompt's n rewards before dividing by ``lam`` (then lam ~0.5
-is a sensible scale whatever the reward); the default keeps the paper's raw form.
+Defaults and where each comes from (chosen by ``bench/bench_study.py``; evidence in ``bench/RESULTS.md``,
+"AISP against Best-of-N over budgets"; one rule for every prompt and reward, nothing tuned per prompt):
+
+* ``n=32``, ``K=32``, ``alpha=0.999``: the paper (arXiv 2510.26219).
+* noise: **a variance of 0.5, i.e. std sigma = sqrt(0.5) = 0.707** (:data:`DEFAULT_VARIANCE`). The paper
+  writes "sigma = 0.5"; third-party reruns and a later paper read it as the variance sigma^2 = 0.5. In the
+  study the variance reading won (held-out prompts, 32 reward calls: 0.285 vs 0.277 for std 0.5, and
+  0.256 vs 0.224 at 16). ``sigma=`` takes a std, ``variance=`` a variance.
+* ``normalize_rewards=True`` with ``lam=0.5`` (:data:`DEFAULT_LAM`): each prompt's n rewards are z-scored
+  before dividing by ``lam``, so the weight temperature is relative to the reward spread and the same
+  default works for a cosine reward (spread ~0.05) and a reward model's logits (spread of units). The
+  paper's raw form is ``softmax(r / lam - ...)`` with lam=0.3, which with a cosine reward gives
+  near-uniform weights and no learning (DESIGN.md section 6); raw lam=0.02 tied with the normalised form
+  on the cosine reward (0.285 vs 0.283) but only fits that reward's scale. ``normalize_rewards=False``
+  restores the paper's raw form.
+* ``horizon`` = the whole response: reviewers read the paper as using a shorter control window tau; a
+  window of 8 of 32 tokens was clearly worse in the study (0.230 vs 0.285).
+* ``mean_rollout=False``, ``final_samples=0``: a reimplementation adds the noise-free mean (and a batch
+  around it) as candidates; in the study the mean rollout never beat the best rollout, so it would only
+  cost a reward call.
 """
 from __future__ import annotations
 
@@ -40,10 +54,16 @@ from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
-__all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA"]
+__all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA",
+           "DEFAULT_VARIANCE", "DEFAULT_LAM", "DEFAULT_NORMALIZE_REWARDS"]
 
-#: Default noise std (see the ``sigma`` argument of :func:`aisp_generate` on std vs variance).
-DEFAULT_SIGMA = 0.5
+#: Default noise scale as a *variance* (the paper's "sigma = 0.5" read as sigma^2, as third-party reruns do).
+DEFAULT_VARIANCE = 0.5
+#: The default noise std, sqrt(DEFAULT_VARIANCE) = 0.707.
+DEFAULT_SIGMA = math.sqrt(DEFAULT_VARIANCE)
+#: Default weight temperature, on z-scored rewards (``normalize_rewards=True``, the default).
+DEFAULT_LAM = 0.5
+DEFAULT_NORMALIZE_REWARDS = True
 
 
 def standardize_rewards(rewards: torch.Tensor) -> torch.Tensor:
@@ -175,8 +195,9 @@ class AispSettings:
 
 
 def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float | None = None,
-                  variance: float | None = None, lam: float = 0.3, alpha: float = 0.999, horizon: int | None = None,
-                  max_new_tokens: int = 128, normalize_rewards: bool = False, mean_rollout: bool = False,
+                  variance: float | None = None, lam: float = DEFAULT_LAM, alpha: float = 0.999,
+                  horizon: int | None = None, max_new_tokens: int = 128,
+                  normalize_rewards: bool = DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
                   final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
                   with_base: bool = False, compile: bool = False, progress: bool = True, metrics: bool = True):
     """Align responses to ``prompts`` with AISP.
@@ -190,16 +211,18 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         reward: ``reward(prompts, responses) -> [N]`` (see :mod:`fastalign.rewards`).
         n: rollouts per prompt and iteration (paper: 32).
         iterations: K, number of importance-sampling iterations (paper: 32).
-        sigma: noise std on the pre-logits. The paper's "sigma = 0.5" is read by third-party reruns as a
-            *variance* (std 0.71); give ``variance=0.5`` for that reading. Default: std 0.5.
+        sigma: noise **std** on the pre-logits. Default (neither ``sigma`` nor ``variance`` given): variance 0.5,
+            i.e. std 0.707 -- the paper's "sigma = 0.5" read as a variance, as third-party reruns do, and
+            better than std 0.5 in ``bench/bench_study.py``.
         variance: the noise scale as a variance (``sigma = sqrt(variance)``); not together with ``sigma``.
-        lam: temperature of the importance weights ``softmax(r / lam - ...)`` (paper: 0.3); see the
-            module docstring on reward scale.
+        lam: temperature of the importance weights ``softmax(r / lam - ...)``; default 0.5 on z-scored
+            rewards (``normalize_rewards``); the paper's raw form used 0.3. See the module docstring.
         alpha: prior strength in the weights, ``(1 - alpha)/sigma * udot`` (paper: 0.999).
         horizon: tau, number of leading decode steps that are controlled (default: ``max_new_tokens``;
             reviewers read the paper as using a window shorter than the response).
         max_new_tokens: generation length limit; EOS ends a rollout earlier.
-        normalize_rewards: z-score each prompt's n rewards before dividing by ``lam``.
+        normalize_rewards: z-score each prompt's n rewards before dividing by ``lam`` (default True, so
+            ``lam`` is relative to the reward spread; False: the paper's raw ``r / lam``).
         mean_rollout: after the last update, also decode the noise-free mean control ``h + u`` greedily
             and keep it as a candidate (one more reward call per prompt), as a reimplementation does.
         final_samples: after the last update, also decode this many rollouts around the learned mean

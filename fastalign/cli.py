@@ -5,6 +5,7 @@ Subcommands::
     fastalign check [--backend NAME] [--quick] [--json]     every backend against the float64 reference
     fastalign info [--json]                                 versions, backends and why not, cache folders
     fastalign bench [--op OP] [--provider P] [--threads 1,all] [--csv F] [--json] [--plot F.png] [--e2e]
+    fastalign bench --e2e --budgets 16,32,64,128 [--prompts-file F.jsonl] [--quick] [--plot F.png] [--csv F] [--json]
     fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [-n N]
                     [--iterations K] [--seed S] [--backend B] [--json] [--prompts-file F.jsonl]
                     [--out results.jsonl] [--device-map auto]
@@ -82,6 +83,23 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _top_p(text: str) -> float:
+    value = _unit_float(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return sorted(set(values))
 
 
 def _threads(text: str) -> str:
@@ -310,6 +328,14 @@ def cmd_bench(args) -> int:
 
     if args.plot:
         models.require("matplotlib", "--plot")
+    if args.budgets is not None and not args.e2e:
+        raise UsageError("--budgets: the budget study runs with --e2e (fastalign bench --e2e --budgets 16,32,64,128)")
+    if args.prompts_file is not None and args.budgets is None:
+        raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
+    if args.e2e and args.budgets is not None:
+        if args.prompts_file is not None and not Path(args.prompts_file).is_file():
+            raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
+        return _load_bench_module("bench_study").main_from_args(args)
     if args.e2e:
         e2e = _load_bench_module("bench_e2e")
         return e2e.main_from_args(args)
@@ -349,13 +375,21 @@ def _read_prompts(args) -> list[dict]:
 
 
 #: Defaults of ``fastalign align`` when an option is not given: small enough to finish in about a
-#: minute per prompt on 2 CPU cores with the embedded default model (DESIGN.md section 6: with a
-#: cosine-similarity reward AISP needs a small lam; the paper's 0.3 does not learn).
+#: minute per prompt on 2 CPU cores with the embedded default model. AISP's noise and weights are the
+#: library's defaults (fastalign.aisp: variance 0.5 = std 0.707, z-scored rewards with lam 0.5), chosen
+#: by bench/bench_study.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
+#: keeps them equal).
 ALIGN_DEFAULTS = {
-    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=0.5, lam=0.02, alpha=0.999),
-    "bon": dict(n=8, iterations=4, max_new_tokens=48),
+    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=math.sqrt(0.5), lam=0.5, alpha=0.999,
+                 normalize_rewards=True, mean_rollout=False, final_samples=0),
+    "bon": dict(n=8, iterations=4, max_new_tokens=48, top_p=1.0),
     "sea": dict(n=4, iterations=20, max_new_tokens=32, lr=0.1),
 }
+
+#: options that only some methods take (the flag as written, the methods)
+_METHOD_OPTIONS = {"sigma": ("aisp",), "variance": ("aisp",), "lam": ("aisp",), "alpha": ("aisp",),
+                   "horizon": ("aisp",), "mean_rollout": ("aisp",), "final_samples": ("aisp",),
+                   "normalize_rewards": ("aisp",), "top_p": ("bon",), "compile": ("aisp", "bon"), "lr": ("sea",)}
 
 
 def _setting(args, method: str, key: str):
@@ -371,17 +405,23 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
     if method == "aisp":
         from fastalign.aisp import aisp_generate
 
+        noise = ({"variance": args.variance} if args.variance is not None
+                 else {"sigma": _setting(args, method, "sigma")})
         return aisp_generate(model, tokenizer, prompts, reward, n=_setting(args, method, "n"),
-                             iterations=_setting(args, method, "iterations"), sigma=_setting(args, method, "sigma"),
+                             iterations=_setting(args, method, "iterations"), **noise,
                              lam=_setting(args, method, "lam"), alpha=_setting(args, method, "alpha"),
                              horizon=args.horizon, max_new_tokens=_setting(args, method, "max_new_tokens"),
+                             normalize_rewards=_setting(args, method, "normalize_rewards"),
+                             mean_rollout=_setting(args, method, "mean_rollout"),
+                             final_samples=_setting(args, method, "final_samples"), compile=bool(args.compile),
                              backend=args.backend, with_base=True, **common)
     if method == "bon":
         from fastalign.bon import bon_generate
 
         n_total = _setting(args, method, "n") * _setting(args, method, "iterations")
-        return bon_generate(model, tokenizer, prompts, reward, n=n_total,
-                            max_new_tokens=_setting(args, method, "max_new_tokens"), with_base=True, **common)
+        return bon_generate(model, tokenizer, prompts, reward, n=n_total, top_p=_setting(args, method, "top_p"),
+                            max_new_tokens=_setting(args, method, "max_new_tokens"), compile=bool(args.compile),
+                            with_base=True, **common)
     from fastalign.sea import sea_generate
 
     return sea_generate(model, tokenizer, prompts, reward, chains=_setting(args, method, "n"),
@@ -391,12 +431,18 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
 
 def _describe(args) -> dict:
     m = args.method
-    keys = {"aisp": ("n", "iterations", "max_new_tokens", "sigma", "lam", "alpha"),
-            "bon": ("n", "iterations", "max_new_tokens"),
+    keys = {"aisp": ("n", "iterations", "max_new_tokens", "sigma", "lam", "alpha", "normalize_rewards",
+                     "mean_rollout", "final_samples"),
+            "bon": ("n", "iterations", "max_new_tokens", "top_p"),
             "sea": ("n", "iterations", "max_new_tokens", "lr")}[m]
     out = {k: _setting(args, m, k) for k in keys}
+    if m == "aisp" and args.variance is not None:
+        out["sigma"] = math.sqrt(args.variance)
+        out["variance"] = args.variance
     if m == "aisp" and args.horizon is not None:
         out["horizon"] = args.horizon
+    if args.compile:
+        out["compile"] = True
     return out
 
 
@@ -443,6 +489,12 @@ class _Aligner:
         self.rewards: dict = {}
 
     def target(self, item: dict) -> str:
+        """The batch key and the "target" of a result: the item's target for the embedding reward, else a
+        description of the reward (``--reward-model``/``--reward-fn`` score every prompt the same way)."""
+        if self.args.reward_model is not None:
+            return f"reward model {self.args.reward_model}"
+        if self.args.reward_fn is not None:
+            return f"reward fn {self.args.reward_fn}"
         return item.get("target", self.default_target)
 
     def load(self, placement: dict, announce: bool) -> None:
@@ -453,15 +505,27 @@ class _Aligner:
             _info("fastalign align: loading the model and the reward")
         self.model, self.tokenizer = models.load_model(self.args.model, **placement)
         device = engine.input_device(self.model) if placement else None
-        self.encoder, self.enc_tokenizer = models.load_embedding_model(self.args.reward, device=device)
+        if self.args.reward_model is not None:
+            self.fixed_reward = models.load_reward_model(self.args.reward_model, label_index=self.args.reward_label,
+                                                         device=device)
+        elif self.args.reward_fn is not None:
+            self.fixed_reward = models.load_reward_fn(self.args.reward_fn)
+        else:
+            self.fixed_reward = None
+            self.encoder, self.enc_tokenizer = models.load_embedding_model(self.args.reward, device=device)
 
-    def __call__(self, batch: list[dict], progress: bool | None = None) -> list:
+    def reward(self, target: str):
+        """The reward of a batch: the fixed one, or the embedding similarity with ``target`` (built once)."""
         from fastalign.rewards import EmbeddingSimilarityReward
 
-        target = self.target(batch[0])
+        if self.fixed_reward is not None:
+            return self.fixed_reward
         if target not in self.rewards:
             self.rewards[target] = EmbeddingSimilarityReward(target, model=self.encoder, tokenizer=self.enc_tokenizer)
-        results = _align_batch(self.args, self.model, self.tokenizer, self.rewards[target],
+        return self.rewards[target]
+
+    def __call__(self, batch: list[dict], progress: bool | None = None) -> list:
+        results = _align_batch(self.args, self.model, self.tokenizer, self.reward(self.target(batch[0])),
                                [it["prompt"] for it in batch], progress=progress)
         return results if isinstance(results, list) else [results]
 
@@ -497,20 +561,52 @@ def _align_to_file(args, items: list[dict], aligner: _Aligner) -> int:
     return 0
 
 
+def _check_method_options(args) -> None:
+    """Options given for a method that does not take them: UsageError (argparse refuses --sigma with --variance)."""
+    for key, methods in _METHOD_OPTIONS.items():
+        value = getattr(args, key, None)
+        given = value is not None and (value is not False or key == "normalize_rewards")
+        if given and args.method not in methods:
+            flag = "--" + key.replace("_", "-")
+            if key == "normalize_rewards" and value is False:
+                flag = "--no-normalize-rewards"
+            raise UsageError(f"{flag}: only --method {' or '.join(methods)} takes it")
+
+
+def _check_reward_options(args, items: list[dict]) -> None:
+    """One reward source, checked before any model loads: the reward model exists here and is a
+    sequence classifier (with --reward-label when it has several labels), the callable imports."""
+    from fastalign import models
+
+    sources = [f for f, v in (("--reward-model", args.reward_model), ("--reward-fn", args.reward_fn),
+                              ("--target", args.target), ("--reward", args.reward)) if v is not None]
+    if len(sources) > 1 and set(sources) & {"--reward-model", "--reward-fn"}:
+        raise UsageError(f"{', '.join(sources)}: give one reward (--reward-model, --reward-fn, or the "
+                         "sentence-embedding --target/--reward)")
+    if args.reward_label is not None and args.reward_model is None:
+        raise UsageError("--reward-label: only --reward-model takes it")
+    if args.reward_model is None and args.reward_fn is None:
+        return
+    with_target = [i + 1 for i, it in enumerate(items) if "target" in it]
+    if with_target:
+        raise UsageError(f"--prompts-file: prompt {with_target[0]} has a \"target\", which only the sentence-"
+                         "embedding reward uses (not --reward-model/--reward-fn)")
+    if args.reward_model is not None:
+        models.check_reward_model(args.reward_model, label_index=args.reward_label)
+    else:
+        models.load_reward_fn(args.reward_fn)
+
+
 def cmd_align(args) -> int:
     items = _read_prompts(args)
     if args.target is not None and not args.target.strip():
         raise UsageError("--target: the target description is empty")
-    if args.horizon is not None and args.method != "aisp":
-        raise UsageError("--horizon: only --method aisp takes a horizon")
-    for key in ("sigma", "lam", "alpha"):
-        if getattr(args, key) is not None and args.method != "aisp":
-            raise UsageError(f"--{key}: only --method aisp takes it")
-    if args.lr is not None and args.method != "sea":
-        raise UsageError("--lr: only --method sea takes it")
+    _check_method_options(args)
     if args.method == "aisp" and args.horizon is not None and args.horizon > _setting(args, "aisp", "max_new_tokens"):
         raise UsageError("--horizon: expected at most --max-new-tokens")
     from fastalign import models
+
+    _check_reward_options(args, items)
 
     default_target = args.target or models.DEFAULT_TARGET
     if args.out is None and _int_env("WORLD_SIZE") > 1:
@@ -534,7 +630,8 @@ def cmd_align(args) -> int:
         except registry.BackendUnavailableError as exc:
             raise UsageError(f"--backend: {exc}") from None
     models.check_source(args.model, "--model")
-    models.check_source(args.reward, "--reward", reward=True)
+    if args.reward_model is None and args.reward_fn is None:
+        models.check_source(args.reward, "--reward", reward=True)
     aligner = _Aligner(args, default_target)
     if args.out is not None:
         return _align_to_file(args, items, aligner)
@@ -599,6 +696,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=_positive_int, default=None, help="--e2e: response length")
     b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
     b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
+    b.add_argument("--budgets", type=_budgets, default=None, metavar="16,32,64,128",
+                   help="--e2e: the budget study (bench/bench_study.py): AISP vs Best-of-N (temperature 1, top-p "
+                        "0.9) at these reward calls per prompt; --plot/--csv/--json take its rows")
+    b.add_argument("--prompts-file", metavar="F.jsonl", default=None,
+                   help="--e2e --budgets: prompts (JSONL, default bench/prompts.jsonl)")
     b.add_argument("--seed", type=_seed, default=0)
     _load_bench_module("bench_e2e").add_arguments(b)
     b.set_defaults(func=cmd_bench)
@@ -616,10 +718,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)")
     a.add_argument("--iterations", type=_positive_int, default=None, help="AISP iterations (4) / SEA steps (20)")
     a.add_argument("--max-new-tokens", type=_positive_int, default=None, help="response length in tokens")
-    a.add_argument("--sigma", type=_positive_float, default=None, help="AISP noise scale")
-    a.add_argument("--lam", type=_positive_float, default=None, help="AISP temperature")
+    a.add_argument("--reward-model", metavar="ID_OR_DIR",
+                   help="reward from a sequence-classification model (AutoModelForSequenceClassification: local "
+                        "directory or cached hub id) scoring \"prompt\\nresponse\"; instead of --target")
+    a.add_argument("--reward-label", type=_nonneg_int, default=None,
+                   help="--reward-model: the label whose logit is the reward (needed when it has several)")
+    a.add_argument("--reward-fn", metavar="MODULE:FUNCTION",
+                   help="reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
+                        "FILE.py:FUNCTION); instead of --target")
+    noise = a.add_mutually_exclusive_group()
+    noise.add_argument("--sigma", type=_positive_float, default=None,
+                       help="AISP noise std (default 0.707: variance 0.5)")
+    noise.add_argument("--variance", type=_positive_float, default=None,
+                       help="AISP noise scale as a variance (std = sqrt(variance)); not with --sigma")
+    a.add_argument("--lam", type=_positive_float, default=None,
+                   help="AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)")
     a.add_argument("--alpha", type=_unit_float, default=None, help="AISP alpha in [0, 1]")
     a.add_argument("--horizon", type=_positive_int, default=None, help="AISP control horizon tau (tokens)")
+    a.add_argument("--normalize-rewards", action=argparse.BooleanOptionalAction, default=None,
+                   help="AISP: z-score each prompt's rewards before dividing by --lam (default on; "
+                        "--no-normalize-rewards: the paper's raw r / lam)")
+    a.add_argument("--mean-rollout", action="store_true", default=None,
+                   help="AISP: also decode the noise-free learned mean as a candidate (one more reward call)")
+    a.add_argument("--final-samples", type=_nonneg_int, default=None,
+                   help="AISP: also decode N rollouts around the learned mean as candidates (N more reward calls)")
+    a.add_argument("--top-p", type=_top_p, default=None, help="Best-of-N nucleus sampling mass in (0, 1] (1.0)")
+    a.add_argument("--compile", action="store_true", default=False,
+                   help="AISP/Best-of-N: compiled decode step (torch.compile; a CUDA graph on a GPU)")
     a.add_argument("--lr", type=_positive_float, default=None, help="SEA step size")
     a.add_argument("--batch-size", type=_positive_int, default=4, help="prompts per batch (default 4)")
     a.add_argument("--seed", type=_seed, default=0)

@@ -164,8 +164,9 @@ def _as_generate_output(input_ids: torch.Tensor, results, encoded: _common.Encod
 
 def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
          synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 8, iterations: int = 4,
-         sigma: float | None = None, variance: float | None = None, lam: float = 0.3, alpha: float = 0.999,
-         horizon: int | None = None, normalize_rewards: bool = False, mean_rollout: bool = False,
+         sigma: float | None = None, variance: float | None = None, lam: float = _aisp.DEFAULT_LAM,
+         alpha: float = 0.999, horizon: int | None = None,
+         normalize_rewards: bool = _aisp.DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
          final_samples: int = 0, seed=0, backend: str | None = None, progress: bool = False, **model_kwargs):
     """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
     reward=..., text_tokenizer=..., n=..., iterations=...)``. The AISP arguments are those of

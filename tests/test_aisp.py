@@ -346,3 +346,29 @@ def test_final_samples_draw_noise_past_every_iteration(monkeypatch):
         ends = [(it + 1) * rows * tau * d for rows, tau, d, it in calls if rows == n]
         starts = [it * rows * tau * d for rows, tau, d, it in calls if rows == f and f != n]
         assert starts and min(starts) >= max(ends), (f, starts, ends)
+
+
+def test_study_defaults_variance_half_and_z_scored_rewards():
+    """The defaults chosen by bench/bench_study.py: noise variance 0.5 (std 0.707), z-scored rewards with
+    lam 0.5. A default call equals those settings spelled out, differs from the former defaults (std 0.5,
+    raw lam 0.3), and is invariant to an affine rescaling of the reward."""
+    from fastalign import aisp
+
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(n=4, iterations=3, max_new_tokens=6, backend="torch", progress=False)
+    prompts = _tiny.PROMPTS[:3]
+    reward = _tiny.count_reward("w7")
+
+    def scaled(p, r):
+        return reward(p, r) * 100.0 + 3.0
+
+    default = aisp_generate(model, tok, prompts, reward, **kw)
+    spelled = aisp_generate(model, tok, prompts, reward, variance=0.5, lam=0.5, normalize_rewards=True, **kw)
+    former = aisp_generate(model, tok, prompts, reward, sigma=0.5, lam=0.3, normalize_rewards=False, **kw)
+    assert aisp.DEFAULT_SIGMA == pytest.approx(0.5 ** 0.5) and default[0].extra["sigma"] == aisp.DEFAULT_SIGMA
+    assert default[0].extra["normalize_rewards"] is True and default[0].extra["lam"] == 0.5
+    assert [r.response_ids for r in default] == [r.response_ids for r in spelled]
+    assert [r.trace for r in default] == [r.trace for r in spelled]
+    assert [r.trace_mean for r in default] != [r.trace_mean for r in former]
+    rescaled = aisp_generate(model, tok, prompts, scaled, **kw)
+    assert [r.response_ids for r in rescaled] == [r.response_ids for r in default]

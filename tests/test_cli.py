@@ -287,3 +287,129 @@ def test_check_runs_triton_under_the_interpreter_without_a_gpu():
     assert rows and {r["backend"] for r in rows} == {"triton"} and all(r["ok"] for r in rows)
     assert {r["op"].split(":")[0].split("+")[0] for r in rows} >= {"aisp_perturb", "aisp_update", "sea_step",
                                                                    "gaussian_perturb"}
+
+
+# ------------------------------------------------------------------- align: rewards and AISP options
+def _no_policy(monkeypatch):
+    """Fail the test if the policy model would load (validation must come first)."""
+    def boom(*a, **k):
+        raise AssertionError("the policy model loaded before the options were validated")
+    monkeypatch.setattr(models, "load_model", boom)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--reward-fn", "no_such_module_xyz:score"], ["--reward-fn", "no_such_module_xyz"]),
+    (["--reward-fn", "json:no_such_fn"], ["--reward-fn", "no_such_fn"]),
+    (["--reward-fn", "json"], ["--reward-fn", "MODULE:FUNCTION"]),
+    (["--reward-model", "/no/such/reward/model/dir"], ["--reward-model", "does not exist"]),
+    (["--sigma", "0.5", "--variance", "0.5"], ["--variance", "--sigma"]),
+    (["--variance", "0"], ["--variance"]),
+    (["--reward-label", "1"], ["--reward-label", "--reward-model"]),
+    (["--reward-fn", "json:dumps", "--target", "kind"], ["--reward-fn", "--target", "one reward"]),
+    (["--method", "bon", "--mean-rollout"], ["--mean-rollout", "aisp"]),
+    (["--method", "bon", "--no-normalize-rewards"], ["--no-normalize-rewards", "aisp"]),
+    (["--method", "bon", "--variance", "0.5"], ["--variance", "aisp"]),
+    (["--method", "aisp", "--top-p", "0.9"], ["--top-p", "bon"]),
+    (["--method", "bon", "--top-p", "0"], ["--top-p"]),
+    (["--method", "sea", "--compile"], ["--compile", "aisp or bon"]),
+    (["--final-samples", "-1"], ["--final-samples"]),
+])
+def test_align_reward_and_aisp_options_are_validated_before_the_policy_loads(capsys, monkeypatch, argv, needles):
+    _no_policy(monkeypatch)
+    rc, out, err = run(capsys, "align", "hi", *argv)
+    assert_one_line_error(rc, err, *needles)
+    assert out == ""
+
+
+def test_align_reward_model_with_several_labels_needs_reward_label(capsys, monkeypatch, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    import _tiny
+
+    cfg = _tiny.config("llama")
+    cfg.num_labels = 3
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path / "rm")
+    capsys.readouterr()  # the save's progress bar
+    _no_policy(monkeypatch)
+    rc, _, err = run(capsys, "align", "hi", "--reward-model", str(tmp_path / "rm"))
+    assert_one_line_error(rc, err, "3 labels", "--reward-label")
+    rc, _, err = run(capsys, "align", "hi", "--reward-model", str(tmp_path / "rm"), "--reward-label", "5")
+    assert_one_line_error(rc, err, "--reward-label", "0..2")
+
+
+def test_align_reward_fn_and_aisp_options_end_to_end(capsys, tiny_model_dir, tmp_path):
+    """A reward from FILE.py:FUNCTION; --variance, --normalize-rewards, --mean-rollout, --final-samples
+    reach AISP: the reward calls count the extra candidates, sigma is the std of the variance, and
+    every reward is the callable's (response length in characters)."""
+    (tmp_path / "my_reward.py").write_text("def score(prompts, responses):\n"
+                                           "    return [float(len(r)) for r in responses]\n")
+    rc, out, err = run(capsys, "align", "w1 w2", "--model", str(tiny_model_dir), "--n", "3", "--iterations", "2",
+                       "--max-new-tokens", "4", "--backend", "torch", "--reward-fn",
+                       f"{tmp_path / 'my_reward.py'}:score", "--variance", "0.5", "--normalize-rewards",
+                       "--mean-rollout", "--final-samples", "2", "--json", "--quiet")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["reward_calls"] == 3 * 2 + 2 + 1
+    assert len(res["trace_max"]) == 2 + 1 + 1  # two iterations, the final batch, the mean rollout
+    assert res["reward"] == float(len(res["response"])) == max(res["trace_max"])
+    s = res["settings"]
+    assert s["variance"] == 0.5 and s["sigma"] == pytest.approx(0.5 ** 0.5)
+    assert s["normalize_rewards"] is True and s["mean_rollout"] is True and s["final_samples"] == 2
+    assert res["extra"]["sigma"] == pytest.approx(0.5 ** 0.5) and res["extra"]["final_samples"] == 2
+    assert res["target"].startswith("reward fn ")
+
+
+def test_align_reward_model_and_top_p_for_best_of_n(capsys, tiny_model_dir, tmp_path):
+    """--reward-model scores with the classifier's logit (the same number as the adapter on the pair);
+    --top-p reaches Best-of-N."""
+    from transformers import AutoModelForSequenceClassification
+
+    import _tiny
+    from fastalign.rewards import SequenceClassifierReward
+
+    torch.manual_seed(0)
+    cfg = _tiny.config("llama")
+    cfg.num_labels = 1
+    clf = AutoModelForSequenceClassification.from_config(cfg)
+    clf.save_pretrained(tmp_path / "rm")
+    _tiny.tokenizer().save_pretrained(tmp_path / "rm")
+    rc, out, err = run(capsys, "align", "w1 w2", "--method", "bon", "--model", str(tiny_model_dir), "--n", "2",
+                       "--iterations", "2", "--max-new-tokens", "3", "--reward-model", str(tmp_path / "rm"),
+                       "--top-p", "0.9", "--json", "--quiet")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["settings"]["top_p"] == 0.9 and res["extra"]["top_p"] == 0.9 and res["reward_calls"] == 4
+    want = SequenceClassifierReward(clf.eval(), _tiny.tokenizer())(["w1 w2"], [res["response"]])
+    assert res["reward"] == pytest.approx(float(want[0]), abs=1e-5)
+
+
+def test_align_compile_and_sigma_reach_the_methods(capsys, monkeypatch, tiny_model_dir):
+    """--compile and the noise scale are passed through (captured at aisp_generate / bon_generate)."""
+    import fastalign.aisp
+    import fastalign.bon
+
+    seen = {}
+
+    def capture(name):
+        def fake(model, tokenizer, prompts, reward, **kw):
+            seen[name] = kw
+            raise RuntimeError("captured")
+        return fake
+
+    monkeypatch.setattr(fastalign.aisp, "aisp_generate", capture("aisp"))
+    monkeypatch.setattr(fastalign.bon, "bon_generate", capture("bon"))
+    common = ("w1", "--model", str(tiny_model_dir), "--quiet", "--compile")
+    assert run(capsys, "align", *common, "--sigma", "0.3")[0] == 1
+    assert run(capsys, "align", *common, "--variance", "0.5")[0] == 1
+    assert seen["aisp"]["variance"] == 0.5 and "sigma" not in seen["aisp"] and seen["aisp"]["compile"] is True
+    assert run(capsys, "align", *common, "--method", "bon")[0] == 1
+    assert seen["bon"]["compile"] is True and seen["bon"]["top_p"] == 1.0
+
+
+def test_align_aisp_defaults_are_the_library_defaults():
+    """ALIGN_DEFAULTS spells out fastalign.aisp's study defaults (so the CLI starts without torch)."""
+    from fastalign import aisp
+
+    d = cli.ALIGN_DEFAULTS["aisp"]
+    assert d["sigma"] == aisp.DEFAULT_SIGMA and d["lam"] == aisp.DEFAULT_LAM
+    assert d["normalize_rewards"] is aisp.DEFAULT_NORMALIZE_REWARDS
