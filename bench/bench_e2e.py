@@ -50,7 +50,7 @@ CONTEXT = ("Earlier in this conversation we talked about daily habits, cooking a
            "You gave practical, friendly suggestions and asked what I had already tried. ")
 DEFAULTS = dict(n=8, iterations=4, max_new_tokens=48, prompts=4, sea_steps=20, seed=0, prompt_tokens=0)
 # the AISP settings of the timed workload (the same for every checkout compared)
-AISP_KW = dict(sigma=0.5, lam=0.02, alpha=0.999)
+AISP_KW = dict(sigma=0.5, lam=0.02, alpha=0.999, normalize_rewards=False)
 
 
 # ------------------------------------------------------------------------------------- timers

@@ -105,7 +105,8 @@ def test_cli_budget_study_plumbing(capsys, monkeypatch, tmp_path):
         return rows, []
 
     monkeypatch.setattr(study, "run_study", fake)
-    monkeypatch.setattr(cli, "_load_bench_module", lambda name: study)
+    load = cli._load_bench_module
+    monkeypatch.setattr(cli, "_load_bench_module", lambda name: study if name == "bench_study" else load(name))
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     rc = cli.main(["bench", "--e2e", "--budgets", "64,16,32", "--quick", "--prompts-file", str(f),
