@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 
-from fastalign import _common, engine
+from fastalign import _common
 from tests import _archs, _tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
