@@ -53,7 +53,7 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tens
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    scaled = logits.float() / temperature
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     if 0 < top_k < scaled.shape[-1]:
         kth = scaled.topk(top_k, dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, -math.inf)
@@ -67,13 +67,17 @@ def sample_tokens(logits: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tens
     # the uniforms are computed where the logits are, with no host sync (seeds/offsets are >= 0 by construction)
     u = rng.uniform(seeds.to(device=probs.device, dtype=torch.int64), offsets.to(device=probs.device, dtype=torch.int64),
                     check=False)
-    cdf = probs.double().cumsum(dim=-1)
-    cdf = cdf / cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u.double().unsqueeze(-1), right=True).squeeze(-1)
+    # the unnormalised float64 CDF against u scaled by its total: one pass over [N, V] fewer than
+    # normalising the CDF (the per-step cost of sampling is these passes over the vocabulary)
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    target = u.double().unsqueeze(-1) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     idx = idx.clamp(max=probs.shape[-1] - 1)
-    # never pick a zero-probability token (possible only at the right edge through rounding)
+    # never pick a zero-probability token (possible only at the right edge through rounding); on a GPU
+    # the fallback is computed unconditionally (no host sync), on CPU only when needed
     zero = probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) <= 0
-    idx = torch.where(zero, probs.argmax(dim=-1), idx)
+    if probs.device.type != "cpu" or bool(zero.any()):
+        idx = torch.where(zero, probs.argmax(dim=-1), idx)
     if order is not None:
         idx = order.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
     return idx

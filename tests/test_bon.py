@@ -29,6 +29,23 @@ def test_sample_tokens_follows_the_distribution():
     assert again.tolist() == draws[:10].tolist()
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sample_tokens_is_the_inverse_cdf_of_the_stream_uniform(temperature):
+    """Each draw is the first token whose float64 cumulative probability exceeds the row's uniform
+    ``rng.uniform(seed, offset)`` (computed here independently, with a normalised CDF)."""
+    from fastalign import rng
+
+    gen = torch.Generator().manual_seed(5)
+    logits = 3 * torch.randn(300, 1000, generator=gen)
+    seeds, offsets = torch.arange(300) * 7 + 1, torch.arange(300) % 13
+    got = sampling.sample_tokens(logits, seeds, offsets, temperature=temperature)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    cdf = probs.cumsum(-1) / probs.sum(-1, keepdim=True)
+    u = rng.uniform(seeds, offsets).double()
+    want = (cdf <= u.unsqueeze(-1)).sum(-1)
+    assert got.tolist() == want.tolist()
+
+
 def test_sample_tokens_top_p_and_greedy():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
     seeds = torch.zeros(2000, dtype=torch.int64)
