@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastalign import _common
-from tests import _archs, _tiny
+import _archs
+import _tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
