@@ -471,7 +471,7 @@ def _print_result(res, args, target: str) -> None:
     base_quality = "" if base_ppl is None else f", perplexity {base_ppl:.2f}"
     print(f"\n{base_label}, reward {fmt(res.base_reward)}{base_quality}:\n  {res.base_response}")
     gain = "" if res.base_reward is None else f" ({res.reward - res.base_reward:+.4f})"
-    settings = ", ".join(f"{k}={v}" for k, v in _describe(args).items())
+    settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in _describe(args).items())
     quality = {k: v for k, v in metrics.items() if k != "base_perplexity"}
     quality = f", {fmt_metrics(quality)}" if quality else ""
     print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}{quality}:\n  {res.response}")
