@@ -93,13 +93,8 @@ def _top_p(text: str) -> float:
 
 
 def _budgets(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return sorted(set(values))
+    """--budgets through the study's own parser (its module is loaded only when the option is given)."""
+    return _load_bench_module("bench_study").budgets_argument(text)
 
 
 def _threads(text: str) -> str:
