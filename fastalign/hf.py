@@ -162,6 +162,18 @@ def _as_generate_output(input_ids: torch.Tensor, results, encoded: _common.Encod
     return out
 
 
+def _start(name: str, model, input_ids, generation_config, logits_processor, stopping_criteria, model_kwargs,
+           streamer, reward, *, sampling: bool):
+    """What every method checks before any work: ``(generation config, max_new_tokens)``."""
+    gc = generation_config or model.generation_config
+    _check_supported(gc, logits_processor, stopping_criteria, model_kwargs, sampling=sampling,
+                     streamer=streamer or _generate_frame_value("streamer"),
+                     assistant_model=_generate_frame_value("assistant_model"))
+    if reward is None:
+        raise ValueError(f"reward: fastalign.hf.{name} needs reward=f(prompts, responses) -> [N]")
+    return gc, _max_new_tokens(gc, input_ids.shape[1])
+
+
 def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
          synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 8, iterations: int = 4,
          sigma: float | None = None, variance: float | None = None, lam: float = _aisp.DEFAULT_LAM,
@@ -171,13 +183,8 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
     """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
     reward=..., text_tokenizer=..., n=..., iterations=...)``. The AISP arguments are those of
     :func:`fastalign.aisp.aisp_generate`; see the module docstring for the conventions."""
-    generation_config = generation_config or model.generation_config
-    _check_supported(generation_config, logits_processor, stopping_criteria, model_kwargs, sampling=False,
-                     streamer=streamer or _generate_frame_value("streamer"),
-                     assistant_model=_generate_frame_value("assistant_model"))
-    if reward is None:
-        raise ValueError("reward: fastalign.hf.aisp needs reward=f(prompts, responses) -> [N]")
-    T = _max_new_tokens(generation_config, input_ids.shape[1])
+    generation_config, T = _start("aisp", model, input_ids, generation_config, logits_processor, stopping_criteria,
+                                  model_kwargs, streamer, reward, sampling=False)
     settings = _aisp.AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam,
                                         alpha=alpha, horizon=horizon, max_new_tokens=T,
                                         normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
@@ -194,14 +201,8 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     """Best-of-N as a ``generate`` decoding method: ``n`` samples per prompt with the generation
     config's ``temperature``, ``top_k`` and ``top_p`` (``do_sample=False``: greedy, every sample equal),
     the one the reward likes best returned."""
-    generation_config = generation_config or model.generation_config
-    _check_supported(generation_config, logits_processor, stopping_criteria, model_kwargs, sampling=True,
-                     streamer=streamer or _generate_frame_value("streamer"),
-                     assistant_model=_generate_frame_value("assistant_model"))
-    if reward is None:
-        raise ValueError("reward: fastalign.hf.bon needs reward=f(prompts, responses) -> [N]")
-    gc = generation_config
-    T = _max_new_tokens(gc, input_ids.shape[1])
+    gc, T = _start("bon", model, input_ids, generation_config, logits_processor, stopping_criteria, model_kwargs,
+                   streamer, reward, sampling=True)
     sample = bool(getattr(gc, "do_sample", False))
     settings = _bon.BonSettings.check(n=n, temperature=(gc.temperature if gc.temperature is not None else 1.0)
                                       if sample else 0.0, top_p=(gc.top_p or 1.0) if sample else 1.0,
@@ -227,13 +228,8 @@ def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     :func:`fastalign.sea.sea_generate`, with its defaults; ``reward`` must have a differentiable form
     (or pass ``soft_reward``). SEA samples its own starting responses, so it needs ``do_sample=False``."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SEA_OPTIONS}
-    generation_config = generation_config or model.generation_config
-    _check_supported(generation_config, logits_processor, stopping_criteria, kwargs, sampling=False,
-                     streamer=streamer or _generate_frame_value("streamer"),
-                     assistant_model=_generate_frame_value("assistant_model"))
-    if reward is None:
-        raise ValueError("reward: fastalign.hf.sea needs reward=f(prompts, responses) -> [N]")
-    T = _max_new_tokens(generation_config, input_ids.shape[1])
+    generation_config, T = _start("sea", model, input_ids, generation_config, logits_processor, stopping_criteria,
+                                  kwargs, streamer, reward, sampling=False)
     settings = _sea.SeaSettings.check(**{**_SEA_OPTIONS, **options}, max_new_tokens=T)
     _common.check_model_and_reward(model, reward, settings.backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
