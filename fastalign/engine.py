@@ -268,7 +268,9 @@ class PromptCache:
     cache: object | None
 
 
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids ``[N, S]`` of left-padded rows from their attention mask (padding does not shift
+    positions): what every forward of the engine, SEA and the metrics passes."""
     return (mask.cumsum(-1) - 1).clamp_min(0)
 
 
@@ -282,7 +284,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         return PromptCache(input_ids, mask, None)
     kwargs = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}
     if api.position_ids:
-        kwargs["position_ids"] = _position_ids(mask[:, :-1])
+        kwargs["position_ids"] = position_ids(mask[:, :-1])
     if api.logits_to_keep:
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
@@ -347,7 +349,7 @@ class _Running:
         self.model, self.api, self.P, self.compiled = model, api, P, compiled
         self.mask = torch.ones((B * repeats, P + T), dtype=torch.long, device=device)
         self.mask[:, :P] = prompt_cache.attention_mask.repeat_interleave(repeats, dim=0)
-        self.position = _position_ids(self.mask[:, :P])[:, -1:].contiguous()  # one stride every step (no retrace)
+        self.position = position_ids(self.mask[:, :P])[:, -1:].contiguous()  # one stride every step (no retrace)
         self.cur = prompt_cache.input_ids[:, -1:].repeat_interleave(repeats, dim=0)
         self.cache = None if compiled is not None else fork_cache(prompt_cache.cache, B, repeats)
         self.rows: torch.Tensor | None = None  # None: batch row j is rollout j
@@ -610,7 +612,7 @@ class CompiledStep:
     @torch.no_grad()
     def _prefill(self, prompt_cache: PromptCache) -> None:
         ids, mask = prompt_cache.input_ids[:, :-1], prompt_cache.attention_mask[:, :-1]
-        position = _position_ids(mask)
+        position = position_ids(mask)
         kwargs = {"input_ids": ids, "use_cache": True, "attention_mask": self._mask(mask, position,
                                                                                   self.prompt_static),
                   self.api.cache_kwarg: self.prompt_static}

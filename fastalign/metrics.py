@@ -62,7 +62,7 @@ def perplexities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, r
         mask = torch.cat([attention_mask[idx].long(), rmask], dim=1)
         kwargs = {"input_ids": ids, "attention_mask": mask}
         if api.position_ids:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
+            kwargs["position_ids"] = engine.position_ids(mask)
         if api.logits_to_keep:
             kwargs["logits_to_keep"] = R + 1
         logits = model(**kwargs).logits[:, -(R + 1):-1]  # position P - 1 + l predicts resp[:, l]

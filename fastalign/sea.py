@@ -282,7 +282,7 @@ class BaseLM:
         mask = torch.cat([encoded.attention_mask.repeat_interleave(chains, dim=0).long(),
                           resp_mask.to(in_dev).long()], dim=1)
         self.mask = mask
-        self.position_ids = (mask.cumsum(-1) - 1).clamp_min(0)[:, encoded.input_ids.shape[1] - 1:]
+        self.position_ids = engine.position_ids(mask)[:, encoded.input_ids.shape[1] - 1:]
         self.memo_tokens: torch.Tensor | None = None
         self.memo_logits: torch.Tensor | None = None
         self.rows_run = 0
