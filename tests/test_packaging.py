@@ -49,7 +49,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "fastalign/kernels/__init__.py" in names
+    # kernels/ is a namespace folder (no __init__.py), so it can never shadow a top-level `kernels`
+    assert not any(n.startswith("fastalign/kernels/__init__") for n in names)
     assert not any(n.startswith("kernels/") for n in names), "no top-level 'kernels' import name"
     for header in ("philox.h", "clip.h", "update.h", "common.h"):
         assert f"fastalign/_csrc/include/fastalign/{header}" in names
@@ -80,8 +81,55 @@ def test_wheel_imports_outside_the_checkout(wheel, tmp_path):
 
 def test_editable_or_source_import_maps_kernels():
     import fastalign.kernels
+    import fastalign.kernels.sea_step
 
-    assert Path(fastalign.kernels.__file__).resolve().parent == ROOT / "kernels"
+    assert [Path(p).resolve() for p in fastalign.kernels.__path__] == [ROOT / "kernels"]
+    assert Path(fastalign.kernels.sea_step.__file__).resolve() == ROOT / "kernels" / "sea_step.py"
+
+
+def test_kernels_folder_is_a_namespace_that_cannot_shadow_a_kernels_package(tmp_path):
+    """The checkout's kernels/ has no __init__.py: with the checkout root first on sys.path (as under
+    `python -m pytest` or `python -m fastalign`), an installed top-level `kernels` package (Hugging
+    Face's kernel hub, which transformers imports when it builds a model) still wins, and
+    fastalign.kernels still imports. Regression: a regular kernels/__init__.py broke every model build
+    with `cannot import name 'CUDAProperties' from 'kernels'`."""
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+    site = tmp_path / "site"  # a stand-in regular `kernels` package, after the checkout root on sys.path
+    (site / "kernels").mkdir(parents=True)
+    (site / "kernels" / "__init__.py").write_text("STAND_IN = True\n")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(1, sys.argv[2]);"
+        "import kernels; print(kernels.STAND_IN);"
+        "import fastalign.kernels.aisp_perturb as k; print(k.__file__)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(site)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stand_in, kernel_file = proc.stdout.split()
+    assert stand_in == "True"
+    assert Path(kernel_file).resolve() == ROOT / "kernels" / "aisp_perturb.py"
+
+
+def test_transformers_builds_a_model_from_the_checkout_root():
+    """README line 2 runs `python -m pytest` from the checkout root: with transformers' kernel-hub
+    dependency (the `kernels` distribution) installed, building a model there imports that package,
+    not the checkout's kernels/."""
+    pytest.importorskip("transformers")
+    code = (
+        "import sys, importlib.metadata as md; sys.path.insert(0, sys.argv[1]);"
+        "import transformers as T;"
+        "m = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,"
+        " num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2));"
+        "import fastalign.kernels.sea_step, kernels;"
+        "installed = any(d.metadata['Name'] == 'kernels' for d in md.distributions());"
+        "print(installed, kernels.__spec__.origin)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    installed, origin = proc.stdout.split()
+    if installed == "True":
+        assert not Path(origin).resolve().is_relative_to(ROOT), origin
 
 
 def test_ahead_of_time_wheel_builds_the_cpu_extension_and_uses_it(tmp_path):

@@ -31,7 +31,6 @@ if fa.available_backends(DEVICE).get("triton") is not None:
 
 from fastalign.backends import triton as triton_backend  # noqa: E402
 
-triton_backend._ensure_kernels_package()
 from fastalign.kernels import aisp_perturb as K_perturb  # noqa: E402
 from fastalign.kernels import aisp_update as K_update  # noqa: E402
 from fastalign.kernels import gaussian_perturb as K_gauss  # noqa: E402

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import os
-import sys
 import types
-from pathlib import Path
 
 import torch
 
@@ -40,33 +37,7 @@ def is_available(device_type: str) -> str | None:
     return f"Triton kernels do not run on {device_type!r} tensors"
 
 
-def _ensure_kernels_package() -> None:
-    """Make ``fastalign.kernels`` importable from a source checkout that is not installed.
-
-    Installed (wheel or editable), the package configuration maps top-level ``kernels/`` to
-    ``fastalign.kernels``. Run from a plain checkout, that mapping does not exist, so the directory
-    next to the ``fastalign`` package is registered under that name here.
-    """
-    if "fastalign.kernels" in sys.modules:
-        return
-    try:
-        importlib.import_module("fastalign.kernels")
-        return
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("fastalign.kernels",):
-            raise
-    root = Path(__file__).resolve().parents[2] / "kernels"
-    spec = importlib.util.spec_from_file_location("fastalign.kernels", root / "__init__.py",
-                                                  submodule_search_locations=[str(root)])
-    if spec is None or not (root / "__init__.py").is_file():
-        raise ModuleNotFoundError(f"fastalign.kernels: not installed and no source directory at {root}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fastalign.kernels"] = module
-    spec.loader.exec_module(module)
-
-
 def _kernels(name: str):
-    _ensure_kernels_package()
     return importlib.import_module(f"fastalign.kernels.{name}")
 
 

@@ -1,1 +1,0 @@
-"""Triton kernels of fastalign (imported as ``fastalign.kernels``)."""
