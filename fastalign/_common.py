@@ -14,7 +14,7 @@ from fastalign import encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
-__all__ = ["check_int", "check_float", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
+__all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
            "compiled_step", "greedy_baseline", "attach_metrics"]
 
 
@@ -109,18 +109,34 @@ class EncodedPrompts:
 
 @contextlib.contextmanager
 def compiled_step(model, encoded: EncodedPrompts, enabled: bool, *, repeats: int, max_new_tokens: int,
-                  transform=None):
+                  transform=None, base_logprobs: bool = False):
     """A :class:`fastalign.engine.CompiledStep` for ``repeats`` rollouts per prompt when ``enabled``
     (its hook removed afterwards), else None: pass it to ``encoded.decode(compiled=...)``."""
     if not enabled:
         yield None
         return
     step = engine.CompiledStep(model, encoded.prefill(model).prompt_cache, repeats=repeats,
-                               max_new_tokens=max_new_tokens, transform=transform)
+                               max_new_tokens=max_new_tokens, transform=transform, base_logprobs=base_logprobs)
     try:
         yield step
     finally:
         step.close()
+
+
+def check_kl_coef(kl_coef) -> float:
+    """``kl_coef`` (>= 0) of the methods' objective ``reward + kl_coef * mean_t log p_base``."""
+    return check_float(kl_coef, "kl_coef", lo=0.0, hi=math.inf)
+
+
+def objective(rewards: torch.Tensor, rollouts: engine.Rollouts, kl_coef: float) -> torch.Tensor | None:
+    """``rewards [B, m] + kl_coef * mean_t log p_base(y_t | prompt, y_<t)`` of the ``B*m`` rollouts
+    (prompt-major), float64 on CPU; -inf rewards stay -inf. None when ``kl_coef`` is 0 (the methods then
+    maximise the raw reward)."""
+    if not kl_coef:
+        return None
+    mean_lp = rollouts.mean_base_logprob().to(device="cpu", dtype=torch.float64).view(rewards.shape)
+    r = rewards.to(torch.float64)
+    return torch.where(torch.isneginf(r), r, r + kl_coef * mean_lp)
 
 
 def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,

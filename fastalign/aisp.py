@@ -54,13 +54,20 @@ from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
-__all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "standardize_rewards", "DEFAULT_SIGMA",
-           "DEFAULT_VARIANCE", "DEFAULT_LAM", "DEFAULT_NORMALIZE_REWARDS"]
+__all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "resolve_noise", "noise_stds", "clamp_control",
+           "control_health", "standardize_rewards", "DEFAULT_SIGMA", "DEFAULT_VARIANCE", "DEFAULT_REL_SIGMA",
+           "DEFAULT_CONTROL_CAP", "DEFAULT_KL_COEF", "DEFAULT_LAM", "DEFAULT_NORMALIZE_REWARDS"]
 
 #: Default noise scale as a *variance* (the paper's "sigma = 0.5" read as sigma^2, as third-party reruns do).
 DEFAULT_VARIANCE = 0.5
 #: The default noise std, sqrt(DEFAULT_VARIANCE) = 0.707.
 DEFAULT_SIGMA = math.sqrt(DEFAULT_VARIANCE)
+#: Default noise std relative to the prompt's pre-logits (``rel_sigma``; see the module docstring).
+DEFAULT_REL_SIGMA = 0.1
+#: Default trust region: each step's control at most this times the pre-logit norm (``control_cap``).
+DEFAULT_CONTROL_CAP = 0.5
+#: Default beta of the objective ``reward + beta * mean_t log p_base`` (``kl_coef``).
+DEFAULT_KL_COEF = 0.0
 #: Default weight temperature, on z-scored rewards (``normalize_rewards=True``, the default).
 DEFAULT_LAM = 0.5
 DEFAULT_NORMALIZE_REWARDS = True
@@ -87,19 +94,48 @@ def _head_width(head: torch.nn.Module) -> int:
     return int(width)
 
 
-def _update_control(u, rewards, lengths, udot, *, normalize_rewards, sigma, lam, alpha, seeds, iteration,
-                    backend) -> torch.Tensor:
-    """One importance-sampling update of ``u [B, tau, d]`` from the iteration's ``rewards [B, n]``; a prompt
-    whose every rollout was rejected (-inf) keeps its control."""
+def _per_prompt(sigmas: list[float]) -> list[tuple[slice, float]]:
+    """The prompt ranges that share one noise std: the whole batch when every prompt has the same
+    sigma (absolute noise: one op call), else one range per prompt (relative noise)."""
+    if all(x == sigmas[0] for x in sigmas):
+        return [(slice(0, len(sigmas)), sigmas[0])]
+    return [(slice(b, b + 1), x) for b, x in enumerate(sigmas)]
+
+
+def _update_control(u, rewards, lengths, udot, *, normalize_rewards, sigmas, lam, alpha, seeds, iteration,
+                    backend) -> tuple[torch.Tensor, torch.Tensor]:
+    """One importance-sampling update of ``u [B, tau, d]`` from the iteration's ``rewards [B, n]`` (the
+    raw rewards, or the objective); a prompt whose every rollout was rejected (-inf) keeps its control.
+    Returns ``(u_new, weights [B, n])`` (the weights of a kept control are uniform over its rollouts)."""
     device = u.device
     used = standardize_rewards(rewards) if normalize_rewards else rewards
     hopeless = torch.isneginf(used).all(dim=1)
-    used = torch.where(hopeless.unsqueeze(1), torch.zeros_like(used), used)
-    u_new, _ = ops.aisp_update(u, used.to(device=device, dtype=torch.float32), sigma=sigma, lam=lam, alpha=alpha,
-                               seed=seeds, iteration=iteration, lengths=lengths, udot=udot, backend=backend)
+    used = torch.where(hopeless.unsqueeze(1), torch.zeros_like(used), used).to(device=device, dtype=torch.float32)
+    u_new, weights = torch.empty_like(u), torch.empty(used.shape, dtype=torch.float32, device=device)
+    for rows, sigma in _per_prompt(sigmas):
+        u_new[rows], weights[rows] = ops.aisp_update(u[rows], used[rows], sigma=sigma, lam=lam, alpha=alpha,
+                                                     seed=seeds[rows], iteration=iteration, lengths=lengths[rows],
+                                                     udot=udot[rows], backend=backend)
     if bool(hopeless.any()):
         u_new[hopeless.to(device)] = u[hopeless.to(device)]
-    return u_new
+    return u_new, weights
+
+
+def clamp_control(u: torch.Tensor, caps: torch.Tensor) -> torch.Tensor:
+    """The trust region: each step's control ``u[b, t] [d]`` scaled down to L2 norm ``caps[b]`` when it is
+    longer (``u [B, tau, d]``, ``caps [B]``); in place, and returned."""
+    norms = u.norm(dim=-1, keepdim=True)
+    scale = (caps.to(u).view(-1, 1, 1) / norms.clamp_min(torch.finfo(u.dtype).tiny)).clamp_max(1.0)
+    return u.mul_(scale)
+
+
+def control_health(u: torch.Tensor, head_norm: torch.Tensor, weights: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per prompt: the control's mean step norm relative to the pre-logit norm, ``mean_t |u[b, t]| /
+    head_norm[b]``, and the effective sample size of the importance weights, ``1 / sum_i w[b, i]^2``
+    (1: one rollout took all the weight; n: uniform weights)."""
+    rel = (u.float().norm(dim=-1).mean(dim=-1).cpu() / head_norm.float().cpu()).tolist()
+    ess = (1.0 / weights.double().pow(2).sum(dim=-1)).cpu().tolist()
+    return rel, ess
 
 
 def resolve_sigma(sigma: float | None, variance: float | None, default: float) -> float:
@@ -112,6 +148,29 @@ def resolve_sigma(sigma: float | None, variance: float | None, default: float) -
     return _common.check_float(default if sigma is None else sigma, "sigma", positive=True)
 
 
+def resolve_noise(sigma: float | None, variance: float | None, rel_sigma: float | None) -> tuple[float | None, float | None]:
+    """``(absolute std, relative std)``, exactly one of them set: ``sigma``/``variance`` give the absolute
+    form, ``rel_sigma`` the relative one; none given: the default (:data:`DEFAULT_REL_SIGMA`, relative)."""
+    if rel_sigma is not None:
+        if sigma is not None or variance is not None:
+            given = "sigma" if sigma is not None else "variance"
+            raise ValueError(f"rel_sigma, {given}: give the noise scale once, relative to the pre-logits "
+                             f"(rel_sigma) or absolute (sigma or variance)")
+        return None, _common.check_float(rel_sigma, "rel_sigma", positive=True)
+    if sigma is None and variance is None:
+        return None, DEFAULT_REL_SIGMA
+    return resolve_sigma(sigma, variance, DEFAULT_SIGMA), None
+
+
+def noise_stds(settings: "AispSettings", head_norm: torch.Tensor, d: int) -> list[float]:
+    """Each prompt's noise std: the absolute ``sigma``, or ``rel_sigma`` times the RMS of a pre-logit
+    coordinate of that prompt, ``head_norm[b] / sqrt(d)`` (so the noise vector's expected norm,
+    ``sigma * sqrt(d)``, is ``rel_sigma`` times the pre-logit norm)."""
+    if settings.sigma is not None:
+        return [settings.sigma] * len(head_norm)
+    return [settings.rel_sigma * float(x) / math.sqrt(d) for x in head_norm]
+
+
 class _Perturbation:
     """The head transform of one AISP call: ``z = h + u[:, step] + sigma * eps`` for the ``n`` rollouts of
     each prompt at the current iteration, accumulating ``udot`` for the update (``[B, n]``).
@@ -121,8 +180,9 @@ class _Perturbation:
     as an int64 device tensor and the iteration goes in as one too (past the horizon the op itself
     returns ``h``)."""
 
-    def __init__(self, u: torch.Tensor, n: int, sigma: float, seeds: torch.Tensor, backend):
-        self.u, self.n, self.sigma, self.seeds, self.backend = u.clone(), n, sigma, seeds, backend
+    def __init__(self, u: torch.Tensor, n: int, sigmas: list[float], seeds: torch.Tensor, backend):
+        self.u, self.n, self.seeds, self.backend = u.clone(), n, seeds, backend
+        self.groups = _per_prompt(sigmas)
         B = u.shape[0]
         self.udot = torch.zeros(B, n, dtype=torch.float32, device=u.device)
         self.iteration = 0
@@ -140,9 +200,12 @@ class _Perturbation:
         traced = isinstance(step, torch.Tensor)
         if not traced and step >= tau:
             return h
-        z = ops.aisp_perturb(h.reshape(B, self.n, d), self.u, sigma=self.sigma, seed=self.seeds,
-                             iteration=self.iteration_t if traced else self.iteration, step=step, udot=self.udot,
-                             active=active.view(B, self.n).to(self.u.device), backend=self.backend)
+        h3, act = h.reshape(B, self.n, d), active.view(B, self.n).to(self.u.device)
+        iteration = self.iteration_t if traced else self.iteration
+        parts = [ops.aisp_perturb(h3[rows], self.u[rows], sigma=sigma, seed=self.seeds[rows], iteration=iteration,
+                                  step=step, udot=self.udot[rows], active=act[rows], backend=self.backend)
+                 for rows, sigma in self.groups]
+        z = parts[0] if len(parts) == 1 else torch.cat(parts)
         return z.view(B * self.n, d)
 
 
@@ -162,7 +225,7 @@ class AispSettings:
 
     n: int
     iterations: int
-    sigma: float
+    sigma: float | None
     lam: float
     alpha: float
     horizon: int
@@ -173,16 +236,22 @@ class AispSettings:
     seed: object
     backend: str | None
     compile: bool = False
+    rel_sigma: float | None = None
+    control_cap: float | None = None
+    kl_coef: float = 0.0
 
     @classmethod
     def check(cls, *, n, iterations, sigma, variance, lam, alpha, horizon, max_new_tokens, normalize_rewards,
-              mean_rollout, final_samples, seed, backend, compile=False) -> "AispSettings":
+              mean_rollout, final_samples, seed, backend, compile=False, rel_sigma=None,
+              control_cap=DEFAULT_CONTROL_CAP, kl_coef=DEFAULT_KL_COEF) -> "AispSettings":
         max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
         tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
         if tau > max_new_tokens:
             raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
+        abs_sigma, rel = resolve_noise(sigma, variance, rel_sigma)
+        cap = None if control_cap is None else _common.check_float(control_cap, "control_cap", positive=True)
         return cls(n=_common.check_int(n, "n"), iterations=_common.check_int(iterations, "iterations"),
-                   sigma=resolve_sigma(sigma, variance, DEFAULT_SIGMA),
+                   sigma=abs_sigma, rel_sigma=rel, control_cap=cap, kl_coef=_common.check_kl_coef(kl_coef),
                    lam=_common.check_float(lam, "lam", positive=True),
                    alpha=_common.check_float(alpha, "alpha", lo=0.0, hi=1.0), horizon=tau,
                    max_new_tokens=max_new_tokens, normalize_rewards=bool(normalize_rewards),
@@ -195,7 +264,9 @@ class AispSettings:
 
 
 def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations: int = 32, sigma: float | None = None,
-                  variance: float | None = None, lam: float = DEFAULT_LAM, alpha: float = 0.999,
+                  variance: float | None = None, rel_sigma: float | None = None,
+                  control_cap: float | None = DEFAULT_CONTROL_CAP, kl_coef: float = DEFAULT_KL_COEF,
+                  lam: float = DEFAULT_LAM, alpha: float = 0.999,
                   horizon: int | None = None, max_new_tokens: int = 128,
                   normalize_rewards: bool = DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
                   final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
@@ -211,10 +282,22 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         reward: ``reward(prompts, responses) -> [N]`` (see :mod:`fastalign.rewards`).
         n: rollouts per prompt and iteration (paper: 32).
         iterations: K, number of importance-sampling iterations (paper: 32).
-        sigma: noise **std** on the pre-logits. Default (neither ``sigma`` nor ``variance`` given): variance 0.5,
-            i.e. std 0.707 -- the paper's "sigma = 0.5" read as a variance, as third-party reruns do, and
-            better than std 0.5 in ``bench/bench_study.py``.
-        variance: the noise scale as a variance (``sigma = sqrt(variance)``); not together with ``sigma``.
+        sigma: absolute noise **std** on the pre-logits (the paper's form; not together with ``variance`` or
+            ``rel_sigma``). Default: none of the three given means the relative form with
+            :data:`DEFAULT_REL_SIGMA`.
+        variance: the absolute noise scale as a variance (``sigma = sqrt(variance)``).
+        rel_sigma: the noise std relative to the prompt's pre-logits: ``sigma_b = rel_sigma * |h_b| /
+            sqrt(d)`` with ``|h_b|`` the L2 norm of the head input at the prompt's last prefilled position
+            (recorded by the prefill forward), so the noise vector is ``rel_sigma`` times as long as a
+            pre-logit vector whatever the model's width and scale. See the module docstring.
+        control_cap: the trust region: after every update each step's control is scaled down to at most
+            ``control_cap * |h_b|`` (None: no cap). See the module docstring.
+        kl_coef: beta of the objective ``reward + beta * mean_t log p_base(y_t | x, y_<t)`` that the weights
+            and the best response use when > 0 (0: the raw reward, the paper's form). For a rollout
+            decoded greedily around the control this is the KL-regularised objective of RLHF,
+            ``r - beta * KL(q || p_base)`` with ``q`` the point mass on the rollout (``KL = -log
+            p_base(y)``), normalised per token so length does not pay; the base log-probabilities are
+            recorded while decoding (the head runs on perturbed and unperturbed inputs together).
         lam: temperature of the importance weights ``softmax(r / lam - ...)``; default 0.5 on z-scored
             rewards (``normalize_rewards``); the paper's raw form used 0.3. See the module docstring.
         alpha: prior strength in the weights, ``(1 - alpha)/sigma * udot`` (paper: 0.999).
@@ -242,13 +325,16 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
 
     Returns:
         :class:`fastalign.results.AlignResult` for a single prompt string, else a list of them (one per
-        prompt): best response over every candidate, its reward, the per-round reward trace (mean and
-        max over each round's candidates), ``reward_calls = n * iterations + mean_rollout +
-        final_samples``, wall-clock.
+        prompt): best response over every candidate (by the objective when ``kl_coef > 0``), its raw reward
+        and objective, the per-round reward trace (mean and max over each round's candidates),
+        ``reward_calls = n * iterations + mean_rollout + final_samples``, wall-clock; ``extra`` holds the
+        control's health per iteration: ``control_norm`` (``mean_t |u_t| / |h|`` after the update),
+        ``ess`` (``1 / sum_i w_i^2`` of the update's weights), and ``objective_mean`` when there is one.
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
-    settings = AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam, alpha=alpha,
+    settings = AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, rel_sigma=rel_sigma,
+                                  control_cap=control_cap, kl_coef=kl_coef, lam=lam, alpha=alpha,
                                   horizon=horizon, max_new_tokens=max_new_tokens, normalize_rewards=normalize_rewards,
                                   mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend,
                                   compile=compile)
@@ -272,42 +358,60 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
     seeds = torch.tensor(sampling.stream_seeds(st.seed, prompts), dtype=torch.int64, device=device)
     best = BestSoFar(B)
 
+    record_lp = st.kl_coef > 0
+
     def score(roll: engine.Rollouts, repeats: int) -> torch.Tensor:
+        """The rollouts' rewards, and the objective the method maximises ([B, repeats] each)."""
         texts, id_lists = encoded.responses(tokenizer, roll)
         rewards = call_reward(reward, [p for p in prompts for _ in range(repeats)], texts).view(B, repeats)
-        best.update(rewards, texts, id_lists)
-        return rewards
+        goal = _common.objective(rewards, roll, st.kl_coef)
+        best.update(rewards, texts, id_lists, goal)
+        return rewards if goal is None else goal
 
+    d = _head_width(head)
+    health = {"control_norm": [[] for _ in range(B)], "ess": [[] for _ in range(B)]}
     with engine.eval_mode(model):
         encoded.prefill(model)
+        head_norm = engine.prompt_head_norm(model, encoded.prompt_cache).float()
+        sigmas = noise_stds(st, head_norm, d)
+        caps = None if st.control_cap is None else st.control_cap * head_norm
         base_texts = base_rewards = base_ids = None
         if with_base:
             base_texts, base_rewards, base_ids = _common.greedy_baseline(model, tokenizer, reward, encoded,
                                                                max_new_tokens=st.max_new_tokens)
-        u = torch.zeros(B, st.horizon, _head_width(head), dtype=torch.float32, device=device)
-        perturb = _Perturbation(u, st.n, st.sigma, seeds, st.backend)
+        u = torch.zeros(B, st.horizon, d, dtype=torch.float32, device=device)
+        perturb = _Perturbation(u, st.n, sigmas, seeds, st.backend)
         with _common.compiled_step(model, encoded, st.compile, repeats=st.n, max_new_tokens=st.max_new_tokens,
-                                   transform=perturb) as step:
+                                   transform=perturb, base_logprobs=record_lp) as step:
             for it in range(st.iterations):
                 perturb.start(it, u)
                 roll = encoded.decode(model, repeats=st.n, max_new_tokens=st.max_new_tokens, compiled=step,
-                                      transform=None if step else perturb)
-                rewards = score(roll, st.n)
+                                      transform=None if step else perturb, base_logprobs=record_lp)
+                goal = score(roll, st.n)
                 lengths = roll.lengths.clamp_max(st.horizon).view(B, st.n).to(device)
-                u = _update_control(u, rewards, lengths, perturb.udot, normalize_rewards=st.normalize_rewards,
-                                    sigma=st.sigma, lam=st.lam, alpha=st.alpha, seeds=seeds, iteration=it,
-                                    backend=st.backend)
+                u, weights = _update_control(u, goal, lengths, perturb.udot, normalize_rewards=st.normalize_rewards,
+                                             sigmas=sigmas, lam=st.lam, alpha=st.alpha, seeds=seeds, iteration=it,
+                                             backend=st.backend)
+                if caps is not None:
+                    clamp_control(u, caps)
+                rel, ess = control_health(u, head_norm, weights)
+                for b in range(B):
+                    health["control_norm"][b].append(rel[b])
+                    health["ess"][b].append(ess[b])
                 say(f"iteration {it + 1}/{st.iterations}: mean reward "
                     + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-                    + ", ".join(fmt(best.reward[b]) for b in range(B)) + f" ({time.perf_counter() - t0:.1f} s)")
+                    + ", ".join(fmt(best.reward[b]) for b in range(B)) + "; |u|/|h| "
+                    + ", ".join(f"{x:.3f}" for x in rel) + "; ESS " + ", ".join(f"{x:.1f}" for x in ess)
+                    + f" ({time.perf_counter() - t0:.1f} s)")
         if st.final_samples:
-            final = _Perturbation(u, st.final_samples, st.sigma, seeds, st.backend)
+            final = _Perturbation(u, st.final_samples, sigmas, seeds, st.backend)
             # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise
             final.start(-(-st.iterations * st.n // st.final_samples), u)
-            score(encoded.decode(model, repeats=st.final_samples, max_new_tokens=st.max_new_tokens, transform=final),
-                  st.final_samples)
+            score(encoded.decode(model, repeats=st.final_samples, max_new_tokens=st.max_new_tokens, transform=final,
+                                 base_logprobs=record_lp), st.final_samples)
         if st.mean_rollout:
-            score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u)), 1)
+            score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u),
+                                 base_logprobs=record_lp), 1)
 
     seconds = time.perf_counter() - t0
     results = [
@@ -315,9 +419,12 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
             b, prompt=prompts[b], method="aisp", reward_calls=st.reward_calls, seconds=seconds,
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
-            extra={"n": st.n, "iterations": st.iterations, "sigma": st.sigma, "lam": st.lam, "alpha": st.alpha,
-                   "horizon": st.horizon, "normalize_rewards": st.normalize_rewards, "mean_rollout": st.mean_rollout,
-                   "final_samples": st.final_samples, "stream_seed": int(seeds[b])},
+            extra={"n": st.n, "iterations": st.iterations, "sigma": sigmas[b], "rel_sigma": st.rel_sigma,
+                   "head_norm": float(head_norm[b]), "control_cap": st.control_cap, "kl_coef": st.kl_coef,
+                   "lam": st.lam, "alpha": st.alpha, "horizon": st.horizon, "normalize_rewards": st.normalize_rewards,
+                   "mean_rollout": st.mean_rollout, "final_samples": st.final_samples, "stream_seed": int(seeds[b]),
+                   "control_norm": health["control_norm"][b], "ess": health["ess"][b],
+                   **({"objective_mean": best.trace_objective[b]} if record_lp else {})},
         )
         for b in range(B)
     ]

@@ -35,9 +35,11 @@ class BonSettings:
     max_new_tokens: int
     batch_size: int
     compile: bool = False
+    kl_coef: float = 0.0
 
     @classmethod
-    def check(cls, *, n, temperature, top_p, top_k, seed, max_new_tokens, batch_size, compile=False) -> "BonSettings":
+    def check(cls, *, n, temperature, top_p, top_k, seed, max_new_tokens, batch_size, compile=False,
+              kl_coef=0.0) -> "BonSettings":
         top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
         if top_p == 0.0:
             raise ValueError("top_p: expected a value in (0, 1], got 0.0")
@@ -45,13 +47,14 @@ class BonSettings:
                    temperature=_common.check_float(temperature, "temperature", lo=0.0, hi=math.inf),
                    top_p=top_p, top_k=_common.check_int(top_k or 0, "top_k", lo=0), seed=seed,
                    max_new_tokens=_common.check_int(max_new_tokens, "max_new_tokens"),
-                   batch_size=_common.check_int(batch_size, "batch_size"), compile=bool(compile))
+                   batch_size=_common.check_int(batch_size, "batch_size"), compile=bool(compile),
+                   kl_coef=_common.check_kl_coef(kl_coef))
 
 
 def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed=0, max_new_tokens: int = 128, batch_size: int = 64,
                  chat_template: bool | None = None, with_base: bool = False, compile: bool = False,
-                 progress: bool = True, metrics: bool = True):
+                 kl_coef: float = 0.0, progress: bool = True, metrics: bool = True):
     """Best-of-``n`` sampling.
 
     Args:
@@ -66,6 +69,9 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
             ``max(1, batch_size // B)`` samples of every prompt.
         with_base: also decode and score the greedy response (not counted in ``reward_calls``).
         compile: run the rounds' decode step compiled (see :func:`fastalign.aisp.aisp_generate`).
+        kl_coef: pick the sample with the highest ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)``
+            (the objective of :func:`fastalign.aisp.aisp_generate`; the log-probabilities come from the
+            sampling step's own logits, before temperature and top-p); 0: the highest raw reward.
         metrics: attach text-quality metrics to each result (:mod:`fastalign.metrics`: base-model
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
@@ -78,7 +84,8 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
     settings = BonSettings.check(n=n, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile)
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile,
+                                 kl_coef=kl_coef)
     device = _common.check_model_and_reward(model, reward, None)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
@@ -119,10 +126,10 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
 
                 # a shorter last round runs eagerly (the compiled step has a fixed batch)
                 roll = encoded.decode(model, repeats=m, max_new_tokens=st.max_new_tokens, choose=choose,
-                                      compiled=step if m == per_round else None)
+                                      compiled=step if m == per_round else None, base_logprobs=st.kl_coef > 0)
                 texts, id_lists = encoded.responses(tokenizer, roll)
                 rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
-                best.update(rewards, texts, id_lists)
+                best.update(rewards, texts, id_lists, _common.objective(rewards, roll, st.kl_coef))
                 say(f"round {rnd + 1}/{rounds} ({start + m}/{st.n} samples): best "
                     + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 
@@ -133,7 +140,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
             base_response=base_texts[b] if base_texts is not None else None,
             base_reward=base_rewards[b] if base_rewards is not None else None,
             extra={"n": st.n, "temperature": st.temperature, "top_p": st.top_p, "top_k": st.top_k,
-                   "stream_seed": int(seeds[b])},
+                   "stream_seed": int(seeds[b]), "kl_coef": st.kl_coef},
         )
         for b in range(B)
     ]

@@ -65,6 +65,16 @@ _nonneg_int = _int_in(0, None, "an integer >= 0")
 _seed = _int_in(0, 2**63 - 1, "an integer in [0, 2**63)")
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -201,7 +211,8 @@ def _triton_interpreter_for_check(argv=None) -> bool:
     re-executes itself once with the variable set; in-process callers (``argv`` None) get the
     variable only if triton is not imported yet.
     """
-    if "TRITON_INTERPRET" in os.environ or "fastalign.kernels" in sys.modules or importlib.util.find_spec("triton") is None:
+    kernels_imported = any(name.startswith("fastalign.kernels.") for name in sys.modules)
+    if "TRITON_INTERPRET" in os.environ or kernels_imported or importlib.util.find_spec("triton") is None:
         return False
     import torch
 
@@ -374,15 +385,20 @@ def _read_prompts(args) -> list[dict]:
 #: library's defaults (fastalign.aisp: variance 0.5 = std 0.707, z-scored rewards with lam 0.5), chosen
 #: by bench/bench_study.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
 #: keeps them equal).
+#: ``--kl-coef``'s default for every method: the objective's beta is in reward units, and this value
+#: was chosen for the CLI's default reward (a cosine similarity in [-1, 1]) by bench/bench_trust.py; the
+#: library's default is 0 (the raw reward), so a reward of another scale starts from the paper's form.
+CLI_KL_COEF = 0.0
 ALIGN_DEFAULTS = {
-    "aisp": dict(n=8, iterations=4, max_new_tokens=48, sigma=math.sqrt(0.5), lam=0.5, alpha=0.999,
-                 normalize_rewards=True, mean_rollout=False, final_samples=0),
-    "bon": dict(n=8, iterations=4, max_new_tokens=48, top_p=1.0),
-    "sea": dict(n=4, iterations=20, max_new_tokens=32, lr=0.1),
+    "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, lam=0.5, alpha=0.999,
+                 normalize_rewards=True, mean_rollout=False, final_samples=0, kl_coef=CLI_KL_COEF),
+    "bon": dict(n=8, iterations=4, max_new_tokens=48, top_p=1.0, kl_coef=CLI_KL_COEF),
+    "sea": dict(n=4, iterations=20, max_new_tokens=32, lr=0.1, kl_coef=CLI_KL_COEF),
 }
 
 #: options that only some methods take (the flag as written, the methods)
-_METHOD_OPTIONS = {"sigma": ("aisp",), "variance": ("aisp",), "lam": ("aisp",), "alpha": ("aisp",),
+_METHOD_OPTIONS = {"sigma": ("aisp",), "variance": ("aisp",), "rel_sigma": ("aisp",), "control_cap": ("aisp",),
+                   "lam": ("aisp",), "alpha": ("aisp",),
                    "horizon": ("aisp",), "mean_rollout": ("aisp",), "final_samples": ("aisp",),
                    "normalize_rewards": ("aisp",), "top_p": ("bon",), "compile": ("aisp", "bon"), "lr": ("sea",)}
 
@@ -401,9 +417,12 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
         from fastalign.aisp import aisp_generate
 
         noise = ({"variance": args.variance} if args.variance is not None
-                 else {"sigma": _setting(args, method, "sigma")})
+                 else {"sigma": args.sigma} if args.sigma is not None
+                 else {"rel_sigma": _setting(args, method, "rel_sigma")})
+        cap = _setting(args, method, "control_cap")
         return aisp_generate(model, tokenizer, prompts, reward, n=_setting(args, method, "n"),
                              iterations=_setting(args, method, "iterations"), **noise,
+                             control_cap=cap or None, kl_coef=_setting(args, method, "kl_coef"),
                              lam=_setting(args, method, "lam"), alpha=_setting(args, method, "alpha"),
                              horizon=args.horizon, max_new_tokens=_setting(args, method, "max_new_tokens"),
                              normalize_rewards=_setting(args, method, "normalize_rewards"),
@@ -415,25 +434,33 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
 
         n_total = _setting(args, method, "n") * _setting(args, method, "iterations")
         return bon_generate(model, tokenizer, prompts, reward, n=n_total, top_p=_setting(args, method, "top_p"),
+                            kl_coef=_setting(args, method, "kl_coef"),
                             max_new_tokens=_setting(args, method, "max_new_tokens"), compile=bool(args.compile),
                             with_base=True, **common)
     from fastalign.sea import sea_generate
 
     return sea_generate(model, tokenizer, prompts, reward, chains=_setting(args, method, "n"),
                         steps=_setting(args, method, "iterations"), lr=_setting(args, method, "lr"),
+                        kl_coef=_setting(args, method, "kl_coef"),
                         max_new_tokens=_setting(args, method, "max_new_tokens"), backend=args.backend, **common)
 
 
 def _describe(args) -> dict:
     m = args.method
-    keys = {"aisp": ("n", "iterations", "max_new_tokens", "sigma", "lam", "alpha", "normalize_rewards",
-                     "mean_rollout", "final_samples"),
-            "bon": ("n", "iterations", "max_new_tokens", "top_p"),
-            "sea": ("n", "iterations", "max_new_tokens", "lr")}[m]
+    keys = {"aisp": ("n", "iterations", "max_new_tokens", "control_cap", "lam", "alpha", "normalize_rewards",
+                     "mean_rollout", "final_samples", "kl_coef"),
+            "bon": ("n", "iterations", "max_new_tokens", "top_p", "kl_coef"),
+            "sea": ("n", "iterations", "max_new_tokens", "lr", "kl_coef")}[m]
     out = {k: _setting(args, m, k) for k in keys}
-    if m == "aisp" and args.variance is not None:
-        out["sigma"] = math.sqrt(args.variance)
-        out["variance"] = args.variance
+    if m == "aisp":
+        if args.variance is not None:
+            out["sigma"] = math.sqrt(args.variance)
+            out["variance"] = args.variance
+        elif args.sigma is not None:
+            out["sigma"] = args.sigma
+        else:
+            out["rel_sigma"] = _setting(args, m, "rel_sigma")
+        out["control_cap"] = out["control_cap"] or None
     if m == "aisp" and args.horizon is not None:
         out["horizon"] = args.horizon
     if args.compile:
@@ -722,10 +749,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
                         "FILE.py:FUNCTION); instead of --target")
     noise = a.add_mutually_exclusive_group()
+    noise.add_argument("--rel-sigma", type=_positive_float, default=None,
+                       help="AISP noise std relative to the prompt's pre-logits (the default form: %s)"
+                            % ALIGN_DEFAULTS["aisp"]["rel_sigma"])
     noise.add_argument("--sigma", type=_positive_float, default=None,
-                       help="AISP noise std (default 0.707: variance 0.5)")
+                       help="AISP absolute noise std (the paper's form); not with --rel-sigma/--variance")
     noise.add_argument("--variance", type=_positive_float, default=None,
-                       help="AISP noise scale as a variance (std = sqrt(variance)); not with --sigma")
+                       help="AISP absolute noise scale as a variance (std = sqrt(variance))")
+    a.add_argument("--control-cap", type=_nonneg_float, default=None,
+                   help="AISP trust region: each step's control at most this times the pre-logit norm "
+                        "(default %s; 0: no cap)" % ALIGN_DEFAULTS["aisp"]["control_cap"])
+    a.add_argument("--kl-coef", type=_nonneg_float, default=None,
+                   help="maximise reward + KL_COEF * mean log p_base(token) instead of the raw reward "
+                        "(default %s; keeps the text fluent)" % ALIGN_DEFAULTS["aisp"]["kl_coef"])
     a.add_argument("--lam", type=_positive_float, default=None,
                    help="AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)")
     a.add_argument("--alpha", type=_unit_float, default=None, help="AISP alpha in [0, 1]")

@@ -103,15 +103,24 @@ def _with_last_position(h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.cat([h[:, :-1, :], z.unsqueeze(1)], dim=1)
 
 
+def _transformed_head_input(h: torch.Tensor, z: torch.Tensor, keep_input: bool) -> torch.Tensor:
+    """``h`` with its last position replaced by ``z``; with ``keep_input``, ``h`` itself stacked after it."""
+    changed = _with_last_position(h, z)
+    return torch.cat([changed, h], dim=0) if keep_input else changed
+
+
 @contextlib.contextmanager
-def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None):
+def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None, *,
+                       keep_input: bool = False):
     """Within the block, the output head sees ``transform(h)`` for the hidden state ``h`` of the last
     position of each forward (``[N, d]`` in, ``[N, d]`` out); the other positions pass unchanged.
 
     The transform sees exactly the head's input (the final normalised hidden state), so everything
     the model does after the head (soft-capping, scaling) still applies. ``transform=None`` is a no-op.
     The hidden state is moved to :func:`head_device` first (where accelerate would move it next for a
-    model spread over devices), so the transform works on the head's device.
+    model spread over devices), so the transform works on the head's device. ``keep_input=True``
+    stacks the unchanged input after the transformed one (the head then returns ``[2N, ...]``: the
+    perturbed logits, then the unperturbed ones, from one product with the head's weights).
     """
     if transform is None:
         yield
@@ -121,7 +130,7 @@ def perturb_head_input(model: torch.nn.Module, transform: Callable[[torch.Tensor
 
     def hook(module, args):
         h = args[0].to(device)
-        return (_with_last_position(h, transform(h[:, -1, :])), *args[1:])
+        return (_transformed_head_input(h, transform(h[:, -1, :]), keep_input), *args[1:])
 
     handle = head.register_forward_pre_hook(hook)
     try:
@@ -260,12 +269,15 @@ class PromptCache:
     exactly the shape of every later step, while the rest of the prompt is computed once per call.
 
     input_ids, attention_mask: ``[B, P]`` the prompts (left padded); cache: the model's cache of
-    ``input_ids[:, :-1]`` (None when P == 1).
+    ``input_ids[:, :-1]`` (None when P == 1); head_norm: ``[B]`` float32 L2 norm of the output head's
+    input (the final normalised hidden state) at the last prefilled position, recorded by the prefill
+    forward itself (None when P == 1): the pre-logit scale AISP's relative noise and trust region use.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     cache: object | None
+    head_norm: torch.Tensor | None = None
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -287,12 +299,50 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         kwargs["position_ids"] = position_ids(mask[:, :-1])
     if api.logits_to_keep:
         kwargs["logits_to_keep"] = 1
-    out = model(**kwargs)
+    with _recording_head_norm(model) as norms:
+        out = model(**kwargs)
     cache = _returned_cache(out, api)
     if cache is None:
         raise ValueError(f"model: {type(model).__name__} returned no cache from a forward with use_cache=True, "
                          "so it cannot decode incrementally")
-    return PromptCache(input_ids, mask, cache)
+    return PromptCache(input_ids, mask, cache, norms[-1] if norms else None)
+
+
+@contextlib.contextmanager
+def _recording_head_norm(model):
+    """Within the block, every forward appends the ``[B]`` float32 L2 norm of the output head's input at
+    its last position to the yielded list (no extra compute beyond one norm of ``[B, d]``)."""
+    norms: list[torch.Tensor] = []
+
+    def hook(module, args):
+        norms.append(args[0][:, -1, :].float().norm(dim=-1).to(device="cpu"))
+
+    handle = output_head(model).register_forward_pre_hook(hook)
+    try:
+        yield norms
+    finally:
+        handle.remove()
+
+
+def prompt_head_norm(model, prompt_cache: PromptCache) -> torch.Tensor:
+    """``[B]`` float32 (on CPU) L2 norm of each prompt's head input at its last prefilled position (what
+    :func:`prefill` recorded). A one-token prompt has no prefilled position (its row there is padding):
+    its norm comes from one forward of its token alone, without a cache (a per-prompt rule, so a
+    prompt's value does not depend on the batch around it)."""
+    ids, mask = prompt_cache.input_ids, prompt_cache.attention_mask
+    norms = prompt_cache.head_norm
+    short = mask[:, :-1].sum(dim=1) == 0 if norms is not None else torch.ones(len(ids), dtype=torch.bool,
+                                                                           device=ids.device)
+    if bool(short.any()):
+        norms = torch.zeros(len(ids)) if norms is None else norms.clone()
+        api = model_interface(model)
+        kwargs = {"input_ids": ids[short][:, -1:]}
+        if api.logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.no_grad(), _recording_head_norm(model) as recorded:
+            model(**kwargs)
+        norms[short.cpu()] = recorded[-1]
+    return norms
 
 
 def fork_cache(cache, rows: int, repeats: int):
@@ -321,13 +371,23 @@ class Rollouts:
 
     tokens: ``[N, T]`` generated ids (pad after EOS); lengths: ``[N]`` generated tokens including the
     EOS token (T for a rollout that never ended); finished: ``[N]`` bool, ended with EOS;
-    logits: ``[N, T, V]`` float32 logits of every step when asked for, else None.
+    logits: ``[N, T, V]`` float32 logits of every step when asked for, else None;
+    base_logprob: ``[N]`` float32 sum over each rollout's generated tokens (EOS included) of the
+    *unperturbed* model's ``log p(y_t | prompt, y_<t)``, when asked for (``base_logprobs=True``), else None.
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     finished: torch.Tensor
     logits: torch.Tensor | None = None
+    base_logprob: torch.Tensor | None = None
+
+    def mean_base_logprob(self) -> torch.Tensor:
+        """``[N]`` float32 mean over each rollout's generated tokens of ``log p_base`` (needs
+        ``base_logprobs=True``)."""
+        if self.base_logprob is None:
+            raise ValueError("rollouts: decoded without base_logprobs=True")
+        return self.base_logprob / self.lengths.clamp_min(1).to(self.base_logprob)
 
 
 def _scatter_rows(x: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
@@ -394,7 +454,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
            transform: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
            return_logits: bool = False, repeats: int = 1, prompt_cache: PromptCache | None = None,
            eos_check_every: int | None = None, compact_below: float | None = None,
-           compiled: "CompiledStep | None" = None) -> Rollouts:
+           compiled: "CompiledStep | None" = None, base_logprobs: bool = False) -> Rollouts:
     """Decode ``N = B * repeats`` rollouts of B left-padded prompts together, with the model's cache.
 
     Args:
@@ -417,7 +477,12 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
             ``choose`` and ``transform`` always see all N rows (ended ones as zeros).
         compiled: a :class:`CompiledStep` built for these prompts, ``repeats`` and ``max_new_tokens``:
             its static cache and compiled forward run the steps (its own transform applies; ``transform``
-            and ``compact_below`` must be None).
+            and ``compact_below`` must be None; build it with the same ``base_logprobs``).
+        base_logprobs: also record each rollout's ``sum_t log p_base(y_t | prompt, y_<t)`` under the
+            *unperturbed* model (``Rollouts.base_logprob``). With a head ``transform`` the head runs once on
+            the perturbed and the unperturbed hidden states stacked (``[2N, d]``: one read of the head's
+            weights), so the base log-probabilities cost a wider head product and one log-softmax per
+            step, not another forward; without a transform they come from the step's own logits.
 
     Position ids come from the attention mask (left padding does not shift positions); the head
     computes the last position only (``logits_to_keep=1``) where the model supports it.
@@ -430,6 +495,9 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     N, T = B * repeats, max_new_tokens
     if compiled is not None:
         _check_compiled(compiled, N, T, transform, compact_below)
+        if compiled.base_logprobs != bool(base_logprobs):
+            raise ValueError(f"compiled: built with base_logprobs={compiled.base_logprobs}, decode called with "
+                             f"base_logprobs={bool(base_logprobs)}")
         compiled.start()
     check_every = eos_check_every or (1 if device.type == "cpu" else 8)
     eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
@@ -439,6 +507,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
     pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
     all_logits = [] if return_logits else None
+    logprob = torch.zeros(N, dtype=torch.float32, device=device) if base_logprobs else None
+    stacked = bool(base_logprobs) and (transform is not None or (compiled is not None and compiled.transform is not None))
     state = {"step": 0}
 
     def head_transform(h):  # h on the head's device, which may differ from the inputs' device
@@ -447,14 +517,23 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
         return z if rows is None else z[rows]
 
     hook = head_transform if transform is not None else None
-    with perturb_head_input(model, hook), (compiled.hooked() if compiled is not None else contextlib.nullcontext()):
+    with perturb_head_input(model, hook, keep_input=stacked), \
+            (compiled.hooked() if compiled is not None else contextlib.nullcontext()):
         for step in range(T):
             state["step"] = step
-            logits = _scatter_rows(run.logits(step), run.rows, N)
+            out = run.logits(step)
+            base = None
+            if stacked:  # rows [0, R): the perturbed head input, [R, 2R): the unperturbed one
+                out, base = out.chunk(2, dim=0)
+            logits = _scatter_rows(out, run.rows, N)
             if all_logits is not None:
                 all_logits.append(logits)
             nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
             nxt = torch.where(active, nxt, pad)
+            if logprob is not None:
+                base = logits if base is None else _scatter_rows(base, run.rows, N)
+                step_lp = torch.log_softmax(base, dim=-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+                logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
             tokens[:, step] = nxt
             ended = active & torch.isin(nxt, eos)
             lengths = torch.where(ended, step + 1, lengths)
@@ -469,7 +548,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
                     run.compact(active)
             run.advance(nxt)
     logits_t = torch.stack(all_logits, dim=1)[:, : tokens.shape[1]] if all_logits is not None else None
-    return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t)
+    return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t,
+                    base_logprob=logprob)
 
 
 def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below) -> None:
@@ -551,15 +631,18 @@ class CompiledStep:
             is computed here).
         repeats, max_new_tokens: the shape every decode call with this step must have.
         transform: the head transform (as for :func:`decode`), fixed for the life of the step.
+        base_logprobs: the step returns the unperturbed logits too (``[2N, V]``) for :func:`decode`'s
+            ``base_logprobs=True`` (only meaningful with a ``transform``).
         mode: ``torch.compile`` mode (default ``"reduce-overhead"`` on CUDA, Inductor's default on CPU).
     """
 
     def __init__(self, model, prompt_cache: PromptCache, *, repeats: int, max_new_tokens: int, transform=None,
-                 mode: str | None = None):
+                 mode: str | None = None, base_logprobs: bool = False):
         from transformers import StaticCache
 
         self.model, self.api = model, model_interface(model)
         self.repeats, self.max_new_tokens, self.transform = repeats, max_new_tokens, transform
+        self.base_logprobs = bool(base_logprobs)
         B, P = prompt_cache.input_ids.shape
         self.rows = B * repeats
         self.index = torch.arange(B).repeat_interleave(repeats)
@@ -586,7 +669,8 @@ class CompiledStep:
         if not self._enabled:
             return None
         h = args[0]
-        return (_with_last_position(h, self.transform(h[:, -1, :], self.step, self.active)), *args[1:])
+        z = self.transform(h[:, -1, :], self.step, self.active)
+        return (_transformed_head_input(h, z, self.base_logprobs), *args[1:])
 
     @contextlib.contextmanager
     def hooked(self):
@@ -651,7 +735,8 @@ class CompiledStep:
         self.fresh = False
 
     def __call__(self, input_ids, position_ids, mask2d, step: int) -> torch.Tensor:
-        """Logits ``[N, V]`` (float32, a fresh tensor) of one decode step."""
+        """Logits ``[N, V]`` (float32, a fresh tensor) of one decode step (``[2N, V]`` with
+        ``base_logprobs`` and a transform: the perturbed rows, then the unperturbed ones)."""
         self.step.fill_(step)
         mask = self._mask(mask2d, position_ids, self.cache) if self.api.mask_on_decode or mask2d is None else None
         return self.forward(input_ids, position_ids, mask).clone()

@@ -176,8 +176,9 @@ def _start(name: str, model, input_ids, generation_config, logits_processor, sto
 
 def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
          synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 8, iterations: int = 4,
-         sigma: float | None = None, variance: float | None = None, lam: float = _aisp.DEFAULT_LAM,
-         alpha: float = 0.999, horizon: int | None = None,
+         sigma: float | None = None, variance: float | None = None, rel_sigma: float | None = None,
+         control_cap: float | None = _aisp.DEFAULT_CONTROL_CAP, kl_coef: float = _aisp.DEFAULT_KL_COEF,
+         lam: float = _aisp.DEFAULT_LAM, alpha: float = 0.999, horizon: int | None = None,
          normalize_rewards: bool = _aisp.DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
          final_samples: int = 0, seed=0, backend: str | None = None, progress: bool = False, **model_kwargs):
     """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
@@ -185,7 +186,8 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
     :func:`fastalign.aisp.aisp_generate`; see the module docstring for the conventions."""
     generation_config, T = _start("aisp", model, input_ids, generation_config, logits_processor, stopping_criteria,
                                   model_kwargs, streamer, reward, sampling=False)
-    settings = _aisp.AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance, lam=lam,
+    settings = _aisp.AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance,
+                                        rel_sigma=rel_sigma, control_cap=control_cap, kl_coef=kl_coef, lam=lam,
                                         alpha=alpha, horizon=horizon, max_new_tokens=T,
                                         normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
                                         final_samples=final_samples, seed=seed, backend=backend)
@@ -197,7 +199,7 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
 
 def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
         synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 32, seed=0,
-        batch_size: int = 64, progress: bool = False, **model_kwargs):
+        batch_size: int = 64, kl_coef: float = 0.0, progress: bool = False, **model_kwargs):
     """Best-of-N as a ``generate`` decoding method: ``n`` samples per prompt with the generation
     config's ``temperature``, ``top_k`` and ``top_p`` (``do_sample=False``: greedy, every sample equal),
     the one the reward likes best returned."""
@@ -207,7 +209,7 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     settings = _bon.BonSettings.check(n=n, temperature=(gc.temperature if gc.temperature is not None else 1.0)
                                       if sample else 0.0, top_p=(gc.top_p or 1.0) if sample else 1.0,
                                       top_k=(gc.top_k or 0) if sample else 0, seed=seed, max_new_tokens=T,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, kl_coef=kl_coef)
     _common.check_model_and_reward(model, reward, None)
     encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc)
     results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)

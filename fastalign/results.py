@@ -19,7 +19,10 @@ class AlignResult:
     Attributes:
         prompt: the prompt as given (before any chat template).
         response: the best response found (decoded text, special tokens removed).
-        reward: its reward (as returned by the reward callable).
+        reward: its raw reward (as returned by the reward callable).
+        objective: what the method maximised when it was not the raw reward: ``reward + kl_coef *
+            mean_t log p_base(y_t | prompt, y_<t)`` with ``kl_coef > 0`` (see
+            :func:`fastalign.aisp.aisp_generate`); None when the method maximised the raw reward.
         method: ``"aisp"``, ``"sea"`` or ``"bon"``.
         trace_mean, trace_max: reward of the responses evaluated in each iteration (AISP: an
             iteration of n rollouts; Best-of-N: a round of rollouts decoded together; SEA: a
@@ -51,6 +54,7 @@ class AlignResult:
     base_reward: float | None = None
     extra: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    objective: float | None = None
 
     @property
     def trace(self) -> list[tuple[float, float]]:
@@ -63,6 +67,7 @@ class AlignResult:
             "prompt": self.prompt,
             "response": self.response,
             "reward": self.reward,
+            "objective": self.objective,
             "method": self.method,
             "trace_mean": list(self.trace_mean),
             "trace_max": list(self.trace_max),
@@ -80,34 +85,49 @@ class BestSoFar:
     """Best response per prompt over rounds of scored candidates, with the per-round reward trace.
 
     Shared by AISP (a round is an iteration of n rollouts) and Best-of-N (a round of samples decoded
-    together). Ties keep the earlier response.
+    together). Ties keep the earlier response. When rounds come with an ``objective``, the best is the
+    candidate with the highest objective (its raw reward is kept beside it) and ``trace_objective``
+    holds each round's mean objective.
     """
 
     def __init__(self, B: int):
         self.reward = [-math.inf] * B
+        self.objective: list[float] | None = None
+        self.trace_objective: list[list[float]] = [[] for _ in range(B)]
         self.text: list[str | None] = [None] * B
         self.ids: list[list[int]] = [[] for _ in range(B)]
         self.trace_mean: list[list[float]] = [[] for _ in range(B)]
         self.trace_max: list[list[float]] = [[] for _ in range(B)]
         self.candidates: list[list[str]] = [[] for _ in range(B)]  # every scored response (for distinct-n)
 
-    def update(self, rewards: torch.Tensor, texts: Sequence[str], id_lists: Sequence[list[int]]) -> None:
-        """Take one round: ``rewards [B, m]``; ``texts``/``id_lists`` of the ``B*m`` candidates, prompt-major."""
+    def update(self, rewards: torch.Tensor, texts: Sequence[str], id_lists: Sequence[list[int]],
+               objective: torch.Tensor | None = None) -> None:
+        """Take one round: ``rewards [B, m]`` (and the ``objective [B, m]`` to select by, when the method
+        maximises one); ``texts``/``id_lists`` of the ``B*m`` candidates, prompt-major."""
         m = rewards.shape[1]
+        if objective is not None and self.objective is None:
+            self.objective = [-math.inf] * len(self.reward)
         for b, row in enumerate(rewards):
-            i = int(row.argmax())
-            if self.text[b] is None or float(row[i]) > self.reward[b]:
+            score = row if objective is None else objective[b]
+            i = int(score.argmax())
+            current = self.reward[b] if objective is None else self.objective[b]
+            if self.text[b] is None or float(score[i]) > current:
                 self.reward[b] = float(row[i])
+                if objective is not None:
+                    self.objective[b] = float(score[i])
                 self.text[b] = texts[b * m + i]
                 self.ids[b] = id_lists[b * m + i]
+            if objective is not None:
+                self.trace_objective[b].append(float(score.mean()))
             self.trace_mean[b].append(float(row.mean()))
             self.trace_max[b].append(float(row.max()))
             self.candidates[b].extend(texts[b * m:(b + 1) * m])
 
     def result(self, b: int, **fields) -> AlignResult:
         """The :class:`AlignResult` of prompt ``b`` (``fields``: prompt, method, reward_calls, ...)."""
+        objective = None if self.objective is None else self.objective[b]
         return AlignResult(response=self.text[b], reward=self.reward[b], trace_mean=self.trace_mean[b],
-                           trace_max=self.trace_max[b], response_ids=self.ids[b], **fields)
+                           trace_max=self.trace_max[b], response_ids=self.ids[b], objective=objective, **fields)
 
 
 def fmt(x: float) -> str:

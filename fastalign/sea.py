@@ -102,11 +102,12 @@ class SeaSettings:
     eval_every: int | None
     seed: object
     backend: str | None
+    kl_coef: float = 0.0
 
     @classmethod
     def check(cls, *, chains, steps, lr, optimizer, noise, noise_std, max_norm, clip, init_temp, init_sample_temp,
               soft_temp, soft_tokens, fluency, flu_topk, flu_weight, reward_weight, decoding, decode_topk,
-              max_new_tokens, eval_every, seed, backend) -> "SeaSettings":
+              max_new_tokens, eval_every, seed, backend, kl_coef=0.0) -> "SeaSettings":
         steps = _common.check_int(steps, "steps", lo=0)
         noise = _choice(noise, "noise", ("langevin", "eval", "none"))
         clip = _choice(clip, "clip", ("chain", "row", "global", None))
@@ -131,7 +132,7 @@ class SeaSettings:
                    decode_topk=_common.check_int(decode_topk, "decode_topk"),
                    max_new_tokens=_common.check_int(max_new_tokens, "max_new_tokens"),
                    eval_every=None if eval_every is None else _common.check_int(eval_every, "eval_every"),
-                   seed=seed, backend=backend)
+                   seed=seed, backend=backend, kl_coef=_common.check_kl_coef(kl_coef))
 
 
 def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: int = 40, lr: float = 0.1,
@@ -141,6 +142,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
                  flu_topk: int | None = None, flu_weight: float = 1.0, reward_weight: float = 50.0,
                  decoding: str = "lm_topk", decode_topk: int = 5, max_new_tokens: int = 32,
                  eval_every: int | None = None, soft_reward=None, seed=0, backend: str | None = None,
+                 kl_coef: float = 0.0,
                  chat_template: bool | None = None, metrics: bool = True, progress: bool = True):
     """Align responses to ``prompts`` with SEA (defaults measured on SmolLM2-135M-Instruct with the
     all-MiniLM cosine reward, ``bench/bench_sea.py`` and ``bench/RESULTS.md`` *SEA options*; the paper's /
@@ -184,6 +186,9 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
             the initial and final responses are always scored).
         soft_reward: the differentiable reward ``soft(prompts, probs [N, L, V], lengths [N]) -> [N]``.
         seed: int or one int per prompt; chain c of a prompt hashes (seed, prompt, c).
+        kl_coef: pick the final chain by ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)`` (the
+            objective of :func:`fastalign.aisp.aisp_generate`; one teacher-forced pass of the base model
+            over the final chains); 0: by the raw reward.
         backend: fused-op backend for ``sea_step`` / ``gaussian_perturb``.
         metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the final chains).
         progress: a line per evaluation on stderr.
@@ -204,7 +209,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
                            soft_temp=soft_temp, soft_tokens=soft_tokens, fluency=fluency, flu_topk=flu_topk,
                            flu_weight=flu_weight, reward_weight=reward_weight, decoding=decoding,
                            decode_topk=decode_topk, max_new_tokens=max_new_tokens, eval_every=eval_every, seed=seed,
-                           backend=backend)
+                           backend=backend, kl_coef=kl_coef)
     device = _common.check_model_and_reward(model, reward, backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
     soft = soft_reward if soft_reward is not None else as_soft_reward(reward, model, tokenizer)
@@ -485,6 +490,23 @@ def _masked_mean(x: torch.Tensor, alive: torch.Tensor, B: int) -> list[float]:
     return (x.sum(1) / a.sum(1)).tolist()
 
 
+def _final_objective(model, encoded, rewards: torch.Tensor, ids: list[list[int]], chains: int,
+                     kl_coef: float) -> torch.Tensor:
+    """What picks each prompt's final chain: the raw ``rewards [N]``, or with ``kl_coef > 0`` the objective
+    of :func:`fastalign.aisp.aisp_generate`, ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)``, the
+    base log-probabilities from one teacher-forced pass over the decoded chains (an empty response
+    scores -inf)."""
+    if not kl_coef:
+        return rewards.double()
+    from fastalign import metrics
+
+    with engine.eval_mode(model):
+        ppl = metrics.perplexities(model, encoded.input_ids, encoded.attention_mask,
+                                   [i // chains for i in range(len(ids))], ids)
+    mean_lp = torch.tensor([-math.log(p) if p == p else math.inf for p in ppl], dtype=torch.float64)
+    return rewards.double() - kl_coef * mean_lp
+
+
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: SeaSettings, *,
         metrics: bool = True, progress: bool = True) -> list:
     """SEA on already encoded prompts: one :class:`~fastalign.results.AlignResult` per prompt."""
@@ -521,7 +543,8 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
                     + f" ({time.perf_counter() - t0:.1f} s)")
         texts, ids, r = scores(decode_tokens(model, encoded, y, st), alive, f"final (step {st.steps})")
     seconds = time.perf_counter() - t0
-    pick = torch.where(alive.cpu(), r, torch.full_like(r, -math.inf)).view(B, C).argmax(-1)
+    goal = _final_objective(model, encoded, r, ids, C, st.kl_coef)
+    pick = torch.where(alive.cpu(), goal, torch.full_like(goal, -math.inf)).view(B, C).argmax(-1)
     results = []
     for b in range(B):
         i = b * C + int(pick[b])
@@ -529,6 +552,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
             prompt=prompts[b], response=texts[i], reward=float(r[i]), method="sea",
             trace_mean=scores.trace_mean[b], trace_max=scores.trace_max[b], reward_calls=scores.calls * C,
             seconds=seconds, response_ids=ids[i], base_response=base_texts[b * C], base_reward=float(base_r[b * C]),
+            objective=float(goal[i]) if st.kl_coef else None,
             extra={**{k: [v[b] for v in t] for k, t in traces.items()},
                    "chains": C, "steps": st.steps, "lr": st.lr, "optimizer": st.optimizer, "noise": st.noise,
                    "soft_tokens": st.soft_tokens, "fluency_mode": st.fluency, "decoding": st.decoding,

@@ -164,7 +164,7 @@ def test_learns_a_synthetic_reward():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     first, last, best = [], [], []
     for seed in range(3):
-        out = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), n=8, iterations=6, sigma=1.0,
+        out = aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward("w7"), n=8, iterations=6, sigma=1.0, control_cap=None,
                             lam=0.3, max_new_tokens=10, seed=seed, backend="torch", progress=False)
         for r in out:
             first.append(r.trace_mean[0])
@@ -348,10 +348,11 @@ def test_final_samples_draw_noise_past_every_iteration(monkeypatch):
         assert starts and min(starts) >= max(ends), (f, starts, ends)
 
 
-def test_study_defaults_variance_half_and_z_scored_rewards():
-    """The defaults chosen by bench/bench_study.py: noise variance 0.5 (std 0.707), z-scored rewards with
-    lam 0.5. A default call equals those settings spelled out, differs from the former defaults (std 0.5,
-    raw lam 0.3), and is invariant to an affine rescaling of the reward."""
+def test_study_defaults_relative_noise_trust_region_and_z_scored_rewards():
+    """The defaults chosen by bench/bench_trust.py (bench/RESULTS.md): relative noise, the trust region,
+    z-scored rewards with lam 0.5, the raw reward (kl_coef 0). A default call equals those settings
+    spelled out, differs from the former defaults (variance 0.5, no cap), and is invariant to an affine
+    rescaling of the reward."""
     from fastalign import aisp
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
@@ -363,12 +364,14 @@ def test_study_defaults_variance_half_and_z_scored_rewards():
         return reward(p, r) * 100.0 + 3.0
 
     default = aisp_generate(model, tok, prompts, reward, **kw)
-    spelled = aisp_generate(model, tok, prompts, reward, variance=0.5, lam=0.5, normalize_rewards=True, **kw)
-    former = aisp_generate(model, tok, prompts, reward, sigma=0.5, lam=0.3, normalize_rewards=False, **kw)
-    assert aisp.DEFAULT_SIGMA == pytest.approx(0.5 ** 0.5) and default[0].extra["sigma"] == aisp.DEFAULT_SIGMA
+    spelled = aisp_generate(model, tok, prompts, reward, rel_sigma=aisp.DEFAULT_REL_SIGMA,
+                            control_cap=aisp.DEFAULT_CONTROL_CAP, kl_coef=0.0, lam=0.5, normalize_rewards=True, **kw)
+    former = aisp_generate(model, tok, prompts, reward, variance=0.5, control_cap=None, **kw)
+    assert default[0].extra["rel_sigma"] == aisp.DEFAULT_REL_SIGMA and aisp.DEFAULT_KL_COEF == 0.0
     assert default[0].extra["normalize_rewards"] is True and default[0].extra["lam"] == 0.5
+    assert default[0].extra["control_cap"] == aisp.DEFAULT_CONTROL_CAP and default[0].objective is None
     assert [r.response_ids for r in default] == [r.response_ids for r in spelled]
     assert [r.trace for r in default] == [r.trace for r in spelled]
-    assert [r.trace_mean for r in default] != [r.trace_mean for r in former]
+    assert [r.extra["control_norm"] for r in default] != [r.extra["control_norm"] for r in former]
     rescaled = aisp_generate(model, tok, prompts, scaled, **kw)
     assert [r.response_ids for r in rescaled] == [r.response_ids for r in default]

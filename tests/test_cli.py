@@ -313,6 +313,12 @@ def _no_policy(monkeypatch):
     (["--method", "bon", "--top-p", "0"], ["--top-p"]),
     (["--method", "sea", "--compile"], ["--compile", "aisp or bon"]),
     (["--final-samples", "-1"], ["--final-samples"]),
+    (["--rel-sigma", "0.1", "--sigma", "0.5"], ["--sigma", "--rel-sigma"]),
+    (["--rel-sigma", "0"], ["--rel-sigma"]),
+    (["--method", "bon", "--control-cap", "0.5"], ["--control-cap", "aisp"]),
+    (["--method", "sea", "--rel-sigma", "0.1"], ["--rel-sigma", "aisp"]),
+    (["--kl-coef", "-1"], ["--kl-coef"]),
+    (["--kl-coef", "nan"], ["--kl-coef"]),
 ])
 def test_align_reward_and_aisp_options_are_validated_before_the_policy_loads(capsys, monkeypatch, argv, needles):
     _no_policy(monkeypatch)
@@ -356,7 +362,25 @@ def test_align_reward_fn_and_aisp_options_end_to_end(capsys, tiny_model_dir, tmp
     assert s["variance"] == 0.5 and s["sigma"] == pytest.approx(0.5 ** 0.5)
     assert s["normalize_rewards"] is True and s["mean_rollout"] is True and s["final_samples"] == 2
     assert res["extra"]["sigma"] == pytest.approx(0.5 ** 0.5) and res["extra"]["final_samples"] == 2
+    assert len(res["extra"]["control_norm"]) == 2 and len(res["extra"]["ess"]) == 2  # control health
+    assert all(1.0 <= e <= 3.0 + 1e-9 for e in res["extra"]["ess"])
+    assert res["objective"] is None
     assert res["target"].startswith("reward fn ")
+
+
+def test_align_kl_coef_reaches_every_method_and_the_json(capsys, tiny_model_dir):
+    """--kl-coef: each method returns the objective beside the raw reward; the settings record it;
+    AISP's progress line shows the control's health."""
+    for method in ("aisp", "bon"):
+        rc, out, err = run(capsys, "align", "w1 w2", "--model", str(tiny_model_dir), "--method", method, "--n", "2",
+                           "--iterations", "2", "--max-new-tokens", "4", "--kl-coef", "0.25", "--json")
+        assert rc == 0, err
+        res = json.loads(out)
+        assert res["settings"]["kl_coef"] == 0.25 and res["extra"]["kl_coef"] == 0.25
+        assert res["objective"] is not None and res["objective"] <= res["reward"]  # log p <= 0
+        if method == "aisp":
+            assert "|u|/|h|" in err and "ESS" in err
+            assert res["settings"]["rel_sigma"] == cli.ALIGN_DEFAULTS["aisp"]["rel_sigma"]
 
 
 def test_align_reward_model_and_top_p_for_best_of_n(capsys, tiny_model_dir, tmp_path):
@@ -402,6 +426,9 @@ def test_align_compile_and_sigma_reach_the_methods(capsys, monkeypatch, tiny_mod
     assert run(capsys, "align", *common, "--sigma", "0.3")[0] == 1
     assert run(capsys, "align", *common, "--variance", "0.5")[0] == 1
     assert seen["aisp"]["variance"] == 0.5 and "sigma" not in seen["aisp"] and seen["aisp"]["compile"] is True
+    assert run(capsys, "align", *common, "--kl-coef", "0.2", "--control-cap", "0")[0] == 1
+    assert seen["aisp"]["rel_sigma"] == cli.ALIGN_DEFAULTS["aisp"]["rel_sigma"] and "sigma" not in seen["aisp"]
+    assert seen["aisp"]["kl_coef"] == 0.2 and seen["aisp"]["control_cap"] is None
     assert run(capsys, "align", *common, "--method", "bon")[0] == 1
     assert seen["bon"]["compile"] is True and seen["bon"]["top_p"] == 1.0
 
@@ -411,5 +438,10 @@ def test_align_aisp_defaults_are_the_library_defaults():
     from fastalign import aisp
 
     d = cli.ALIGN_DEFAULTS["aisp"]
-    assert d["sigma"] == aisp.DEFAULT_SIGMA and d["lam"] == aisp.DEFAULT_LAM
+    assert d["rel_sigma"] == aisp.DEFAULT_REL_SIGMA and d["lam"] == aisp.DEFAULT_LAM
+    assert d["control_cap"] == aisp.DEFAULT_CONTROL_CAP
+    # kl_coef is in reward units: the CLI's is chosen for its default (cosine) reward, the library's is 0
+    assert aisp.DEFAULT_KL_COEF == 0.0
+    assert cli.ALIGN_DEFAULTS["aisp"]["kl_coef"] == cli.ALIGN_DEFAULTS["bon"]["kl_coef"] == \
+        cli.ALIGN_DEFAULTS["sea"]["kl_coef"] == cli.CLI_KL_COEF
     assert d["normalize_rewards"] is aisp.DEFAULT_NORMALIZE_REWARDS
