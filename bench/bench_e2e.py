@@ -192,9 +192,13 @@ def _mean(values):
 
 
 def _metric_means(results) -> dict:
-    """Means of the text metrics the results carry (``result.metrics``), where they do."""
-    keys = sorted({k for r in results for k in (getattr(r, "metrics", None) or {})})
-    return {k: _mean([(getattr(r, "metrics", None) or {}).get(k) for r in results]) for k in keys}
+    """Means of the text metrics the results carry (``result.metrics``), and of the objective and AISP's
+    control health (:func:`fastalign.results.health`), where they do."""
+    from fastalign.results import health
+
+    numbers = [{**(getattr(r, "metrics", None) or {}), **health(r)} for r in results]
+    keys = sorted({k for x in numbers for k in x})
+    return {k: _mean([x.get(k) for x in numbers]) for k in keys}
 
 
 def _responses(results, base=None) -> list[dict]:

@@ -93,10 +93,13 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def _metrics_means(results: list) -> dict:
-    """Means over prompts of the numeric ``result.metrics`` entries (empty when results carry none)."""
+    """Means over prompts of the numeric ``result.metrics`` entries and of the objective and AISP's control
+    health (:func:`fastalign.results.health`): empty when results carry none."""
+    from fastalign.results import health
+
     per_key: dict[str, list[float]] = {}
     for res in results:
-        for key, value in (getattr(res, "metrics", None) or {}).items():
+        for key, value in {**(getattr(res, "metrics", None) or {}), **health(res)}.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 per_key.setdefault(key, []).append(float(value))
     return {f"metric_{k}": sum(v) / len(v) for k, v in per_key.items()}

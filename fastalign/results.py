@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["AlignResult", "BestSoFar", "fmt", "fmt_metrics"]
+__all__ = ["AlignResult", "BestSoFar", "health", "fmt", "fmt_metrics"]
 
 
 @dataclass
@@ -128,6 +128,22 @@ class BestSoFar:
         objective = None if self.objective is None else self.objective[b]
         return AlignResult(response=self.text[b], reward=self.reward[b], trace_mean=self.trace_mean[b],
                            trace_max=self.trace_max[b], response_ids=self.ids[b], objective=objective, **fields)
+
+
+def health(result: AlignResult) -> dict:
+    """The numbers that say whether a run learned and what it maximised, where the result has them:
+    ``objective``; AISP's ``control_norm`` (relative control norm after the last update), ``ess`` (mean
+    effective sample size over iterations) and ``reward_rise`` (mean reward of the last iteration minus
+    the first's)."""
+    out = {}
+    if getattr(result, "objective", None) is not None:
+        out["objective"] = result.objective
+    extra = getattr(result, "extra", None) or {}
+    if extra.get("control_norm"):
+        out["control_norm"] = extra["control_norm"][-1]
+        out["ess"] = sum(extra["ess"]) / len(extra["ess"])
+        out["reward_rise"] = result.trace_mean[extra["iterations"] - 1] - result.trace_mean[0]
+    return out
 
 
 def fmt(x: float) -> str:
