@@ -2,7 +2,8 @@
 
 csrc/tests/test_stream.cpp checks the Random123 known-answer vectors of Philox4x32 itself (its exit
 status) and prints ~300 stream words/uniforms/normals, which must equal fastalign.rng: words and
-uniforms bit for bit, normals (libm float32 Box-Muller) within 2e-6 of the float64 evaluation.
+uniforms bit for bit, normals (float32 Box-Muller with libm, and with the polynomials of
+box_muller_poly.h that the CPU backend uses) within 2e-6 of the float64 evaluation.
 """
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def test_uniforms_bit_exact(stream_output):
     assert float(got.min()) >= 0.0 and float(got.max()) < 1.0
 
 
-def test_normals_close_to_float64(stream_output):
-    seed, k, values = _parse(stream_output, "N")
+@pytest.mark.parametrize("tag", ["N", "P"])  # libm, the shared polynomials
+def test_normals_close_to_float64(stream_output, tag):
+    seed, k, values = _parse(stream_output, tag)
     got = torch.tensor([float(v) for v in values], dtype=torch.float64)
     expected = rng.normal(seed, k, dtype=torch.float64)
     err = (got - expected).abs().max().item()

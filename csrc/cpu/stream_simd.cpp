@@ -1,10 +1,23 @@
 // csrc/cpu/stream_simd.cpp — run-time dispatched stream generator (see stream_simd.h).
+// Registers per vector on each path: independent dependency chains interleaved (simd_regs.h). Tuned
+// with csrc/tests/bench_stream.cpp on a shared 2-core Xeon with AVX-512 (bench/RESULTS.md); rebuild
+// with -DFA_REGS_AVX2=N etc. to re-tune on another CPU.
+#ifndef FA_REGS_PORTABLE
+#define FA_REGS_PORTABLE 4
+#endif
+#ifndef FA_REGS_AVX2
+#define FA_REGS_AVX2 3
+#endif
+#ifndef FA_REGS_AVX512
+#define FA_REGS_AVX512 4
+#endif
 #include "stream_simd.h"
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
+#include "fastalign/box_muller_poly.h"
 #include "fastalign/philox.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -16,23 +29,80 @@
 #else
 #define FA_CPU_X86 0
 #endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 
 namespace fastalign {
 namespace cpu {
 
 // ----------------------------------------------------------------------------------- portable
+// Plain vector extensions, no intrinsics and no target pragma: 128-bit registers of whatever the
+// compiler targets (SSE2 on baseline x86-64, NEON on aarch64).
 namespace portable {
 
-static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* normals, uint32_t* words) {
-  for (int64_t b = 0; b < nblocks; ++b) {
-    if (words != nullptr) {
-      const Philox4 w = stream_words(seed, first_block + b);
-      for (int j = 0; j < 4; ++j) words[4 * b + j] = w.w[j];
-    } else {
-      randn4(seed, first_block + b, normals + 4 * b);
+constexpr int kRegs = FA_REGS_PORTABLE;  // 128-bit vectors per vf (see simd_regs.h)
+typedef uint32_t nu __attribute__((vector_size(16)));
+typedef int32_t ni __attribute__((vector_size(16)));
+typedef float nf __attribute__((vector_size(16)));
+#include "simd_regs.h"
+
+// 32x32 -> 64-bit products: the one operation vector extensions cannot say (a 64-bit lane product is
+// scalar code on both NEON and SSE2), so the baseline instruction of each: pmuludq, umull/umull2.
+static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
+  for (int k = 0; k < kRegs; ++k) {
+#if defined(__SSE2__)
+    const __m128i va = _mm_set1_epi32(static_cast<int>(a)), in = (__m128i)x.p[k];
+    const __m128i even = _mm_mul_epu32(in, va);                     // lanes 0, 2
+    const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(in, 32), va);  // lanes 1, 3
+    const __m128i p01 = _mm_unpacklo_epi32(even, odd), p23 = _mm_unpackhi_epi32(even, odd);
+    lo->p[k] = (nu)_mm_unpacklo_epi64(p01, p23);
+    hi->p[k] = (nu)_mm_unpackhi_epi64(p01, p23);
+#elif defined(__ARM_NEON)
+    const uint32x4_t in = (uint32x4_t)x.p[k];
+    const uint32x4_t p01 = vreinterpretq_u32_u64(vmull_u32(vget_low_u32(in), vdup_n_u32(a)));
+    const uint32x4_t p23 = vreinterpretq_u32_u64(vmull_high_u32(in, vdupq_n_u32(a)));
+    lo->p[k] = (nu)vuzp1q_u32(p01, p23);
+    hi->p[k] = (nu)vuzp2q_u32(p01, p23);
+#else
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t product = static_cast<uint64_t>(x.p[k][i]) * a;
+      hi->p[k][i] = static_cast<uint32_t>(product >> 32);
+      lo->p[k][i] = static_cast<uint32_t>(product);
     }
+#endif
   }
 }
+
+static inline vf vsqrt(vf x) {
+  vf r;
+  for (int k = 0; k < kRegs; ++k)
+    for (int i = 0; i < kRegLanes; ++i) r.p[k][i] = __builtin_sqrtf(x.p[k][i]);  // sqrtps / fsqrt v.4s
+  return r;
+}
+
+#if defined(__clang__)
+#define FA_SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define FA_SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, ni{i, j, k, l})
+#endif
+
+// a, b, c, d hold element j = 0..3 of blocks 0..3; out gets the 16 values of blocks 0..3 in order.
+static inline void store4_interleaved4(float* out, nf a, nf b, nf c, nf d) {
+  const nf t0 = FA_SHUFFLE(a, b, 0, 4, 1, 5), t1 = FA_SHUFFLE(a, b, 2, 6, 3, 7);
+  const nf t2 = FA_SHUFFLE(c, d, 0, 4, 1, 5), t3 = FA_SHUFFLE(c, d, 2, 6, 3, 7);
+  const nf r[4] = {FA_SHUFFLE(t0, t2, 0, 1, 4, 5), FA_SHUFFLE(t0, t2, 2, 3, 6, 7),
+                   FA_SHUFFLE(t1, t3, 0, 1, 4, 5), FA_SHUFFLE(t1, t3, 2, 3, 6, 7)};
+  __builtin_memcpy(out, r, sizeof(r));
+}
+#undef FA_SHUFFLE
+
+static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+  for (int k = 0; k < kRegs; ++k) store4_interleaved4(out + 16 * k, a.p[k], b.p[k], c.p[k], d.p[k]);
+}
+
+#include "stream_simd_impl.h"
 
 }  // namespace portable
 
@@ -42,15 +112,15 @@ static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* 
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 
-constexpr int kLanes = 16;  // two __m256 per vector (see simd_pair.h)
+constexpr int kRegs = FA_REGS_AVX2;  // __m256 per vf (see simd_regs.h)
 typedef uint32_t nu __attribute__((vector_size(32)));
 typedef int32_t ni __attribute__((vector_size(32)));
 typedef float nf __attribute__((vector_size(32)));
-#include "simd_pair.h"
+#include "simd_regs.h"
 
 static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
   const __m256i va = _mm256_set1_epi32(static_cast<int>(a));
-  for (int k = 0; k < 2; ++k) {
+  for (int k = 0; k < kRegs; ++k) {
     const __m256i in = (__m256i)x.p[k];
     const __m256i even = _mm256_mul_epu32(in, va);                        // lanes 0, 2, 4, 6
     const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(in, 32), va);  // lanes 1, 3, 5, 7
@@ -60,7 +130,9 @@ static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
 }
 
 static inline vf vsqrt(vf x) {
-  return vf{{(nf)_mm256_sqrt_ps((__m256)x.p[0]), (nf)_mm256_sqrt_ps((__m256)x.p[1])}};
+  vf r;
+  for (int k = 0; k < kRegs; ++k) r.p[k] = (nf)_mm256_sqrt_ps((__m256)x.p[k]);
+  return r;
 }
 
 // a, b, c, d hold element j = 0..3 of blocks 0..7; out gets the 32 values of blocks 0..7 in order.
@@ -80,8 +152,8 @@ static inline void store4_interleaved8(float* out, __m256 a, __m256 b, __m256 c,
 }
 
 static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
-  store4_interleaved8(out, (__m256)a.p[0], (__m256)b.p[0], (__m256)c.p[0], (__m256)d.p[0]);
-  store4_interleaved8(out + 32, (__m256)a.p[1], (__m256)b.p[1], (__m256)c.p[1], (__m256)d.p[1]);
+  for (int k = 0; k < kRegs; ++k)
+    store4_interleaved8(out + 32 * k, (__m256)a.p[k], (__m256)b.p[k], (__m256)c.p[k], (__m256)d.p[k]);
 }
 
 #include "stream_simd_impl.h"
@@ -94,15 +166,15 @@ static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 namespace avx512 {
 
-constexpr int kLanes = 32;  // two __m512 per vector (see simd_pair.h)
+constexpr int kRegs = FA_REGS_AVX512;  // __m512 per vf (see simd_regs.h)
 typedef uint32_t nu __attribute__((vector_size(64)));
 typedef int32_t ni __attribute__((vector_size(64)));
 typedef float nf __attribute__((vector_size(64)));
-#include "simd_pair.h"
+#include "simd_regs.h"
 
 static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
   const __m512i va = _mm512_set1_epi32(static_cast<int>(a));
-  for (int k = 0; k < 2; ++k) {
+  for (int k = 0; k < kRegs; ++k) {
     const __m512i in = (__m512i)x.p[k];
     const __m512i even = _mm512_mul_epu32(in, va);                        // lanes 0, 2, ..., 14
     const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(in, 32), va);  // lanes 1, 3, ..., 15
@@ -112,7 +184,9 @@ static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
 }
 
 static inline vf vsqrt(vf x) {
-  return vf{{(nf)_mm512_sqrt_ps((__m512)x.p[0]), (nf)_mm512_sqrt_ps((__m512)x.p[1])}};
+  vf r;
+  for (int k = 0; k < kRegs; ++k) r.p[k] = (nf)_mm512_sqrt_ps((__m512)x.p[k]);
+  return r;
 }
 
 // a, b, c, d hold element j = 0..3 of blocks 0..15; out gets the 64 values of blocks 0..15 in order.
@@ -138,8 +212,8 @@ static inline void store4_interleaved16(float* out, __m512 a, __m512 b, __m512 c
 }
 
 static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
-  store4_interleaved16(out, (__m512)a.p[0], (__m512)b.p[0], (__m512)c.p[0], (__m512)d.p[0]);
-  store4_interleaved16(out + 64, (__m512)a.p[1], (__m512)b.p[1], (__m512)c.p[1], (__m512)d.p[1]);
+  for (int k = 0; k < kRegs; ++k)
+    store4_interleaved16(out + 64 * k, (__m512)a.p[k], (__m512)b.p[k], (__m512)c.p[k], (__m512)d.p[k]);
 }
 
 #include "stream_simd_impl.h"
@@ -152,6 +226,7 @@ static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
 namespace {
 
 using GenerateFn = void (*)(int64_t, int64_t, int64_t, float*, uint32_t*);
+using PartsFn = void (*)(const float*, int64_t, float*, float*, float*);
 
 GenerateFn generator_for(Isa isa) {
 #if FA_CPU_X86
@@ -160,6 +235,15 @@ GenerateFn generator_for(Isa isa) {
 #endif
   (void)isa;
   return portable::generate;
+}
+
+PartsFn parts_for(Isa isa) {
+#if FA_CPU_X86
+  if (isa == Isa::kAvx512) return avx512::box_muller_parts;
+  if (isa == Isa::kAvx2) return avx2::box_muller_parts;
+#endif
+  (void)isa;
+  return portable::box_muller_parts;
 }
 
 Isa detect_best() {
@@ -228,6 +312,10 @@ void randn_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblock
 
 void words_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblocks, uint32_t* out) {
   generator_for(clamp(isa))(seed, first_block, nblocks, nullptr, out);
+}
+
+void box_muller_parts_isa(Isa isa, const float* u, int64_t n, float* r, float* c, float* s) {
+  parts_for(clamp(isa))(u, n, r, c, s);
 }
 
 void randn_blocks(int64_t seed, int64_t first_block, int64_t nblocks, float* out) {

@@ -5,13 +5,15 @@
 // One SIMD lane owns one counter block (one Philox4x32-10 call -> four normals). Three code paths,
 // selected at run time (never by compile flags, so an ahead-of-time build runs on any x86-64 CPU):
 //
-//   avx512  16 lanes, even/odd _mm512_mul_epu32 Philox, polynomial log and sincos     (AVX512F/DQ/BW/VL)
-//   avx2     8 lanes, the same code on __m256                                          (AVX2 + FMA)
-//   portable the header's scalar definition (fastalign::randn4, libm logf/sinf/cosf)
+//   avx512   even/odd _mm512_mul_epu32 Philox on __m512                                (AVX512F/DQ/BW/VL)
+//   avx2     the same code on __m256                                                    (AVX2 + FMA)
+//   portable the same code in plain GCC/Clang vector extensions on 128-bit vectors: SSE2 on any
+//            x86-64, NEON on aarch64 (whatever the compiler targets; no intrinsics)
 //
-// Words and uniforms are bit-exact on every path. The SIMD normals use short polynomials that need no
-// general range reduction (the uniform is in (0, 1], the angle is 2*pi*u with u in [0, 1)); they agree
-// with the float64 evaluation of the stream to ~1e-6, like libm. `FASTALIGN_CPU_ISA=portable|avx2|avx512`
+// Words and uniforms are bit-exact on every path. Every path computes the normals with the short
+// polynomials of fastalign/box_muller_poly.h (no general range reduction: the uniform is in (0, 1],
+// the angle is 2*pi*u with u in [0, 1)); they agree with the float64 evaluation of the stream to ~1e-6,
+// like libm (the exhaustive bound is in bench/RESULTS.md). `FASTALIGN_CPU_ISA=portable|avx2|avx512`
 // caps the path (for tests and for A/B timing); the default is the best the CPU supports.
 #pragma once
 #include <stdint.h>
@@ -36,6 +38,11 @@ void randn_blocks(int64_t seed, int64_t first_block, int64_t nblocks, float* out
 void randn_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblocks, float* out);
 // out[4*b + j] = Philox word j of block first_block + b (the words the normals are made from).
 void words_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblocks, uint32_t* out);
+
+// The two halves of the stream's Box-Muller on path `isa`, for the exhaustive accuracy test
+// (csrc/tests/test_stream_simd.cpp): r[i] = sqrt(-2 ln max(1e-7, u[i])) and (c[i], s[i]) = (cos, sin) of
+// float32(2 pi) * u[i], for u[i] in [0, 1], computed by the very code the normals come from.
+void box_muller_parts_isa(Isa isa, const float* u, int64_t n, float* r, float* c, float* s);
 
 // Scratch floats a caller must provide to randn_range for `len` normals.
 constexpr int64_t randn_scratch_size(int64_t len) { return len + 8; }

@@ -4,11 +4,13 @@
 //   1. checks the published Random123 known-answer vectors of Philox4x32 (10 rounds, and 7 rounds on
 //      the pi-digits input), exiting non-zero on a mismatch;
 //   2. prints stream values for seeds/offsets (incl. > 2^32) that the pytest compares with
-//      fastalign.rng:  "W seed k word" / "U seed k uniform_bits" / "N seed k normal".
+//      fastalign.rng:  "W seed k word" / "U seed k uniform_bits" / "N seed k normal" (libm) /
+//      "P seed k normal" (the polynomials of fastalign/box_muller_poly.h, scalar).
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "fastalign/box_muller_poly.h"
 #include "fastalign/clip.h"
 #include "fastalign/philox.h"
 
@@ -69,6 +71,12 @@ int main() {
         printf("U %lld %lld %u\n", static_cast<long long>(seed), static_cast<long long>(k), u_bits);
         printf("N %lld %lld %.9e\n", static_cast<long long>(seed), static_cast<long long>(k),
                static_cast<double>(fastalign::normal_at(seed, k)));
+        const int64_t pair = (k & 3) >> 1;  // Box-Muller pair of words (0, 1) or (2, 3)
+        float n[2];
+        fastalign::poly::box_muller(fastalign::uint_to_uniform(w.w[2 * pair]),
+                                    fastalign::uint_to_uniform(w.w[2 * pair + 1]), &n[0], &n[1]);
+        printf("P %lld %lld %.9e\n", static_cast<long long>(seed), static_cast<long long>(k),
+               static_cast<double>(n[k & 1]));
       }
     }
   }
