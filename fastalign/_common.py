@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastalign import encoding, engine
+from fastalign import _context, encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
@@ -57,6 +57,13 @@ def check_backend(backend, device: torch.device) -> None:
     backends.resolve(backend, device.type)
 
 
+def check_context(limit, counts: list[int], max_new_tokens: int, *, truncate: bool = False) -> list[int | None]:
+    """:func:`fastalign._context.check_prompt_lengths` for the Python API (``truncate`` must be a bool)."""
+    if not isinstance(truncate, bool):
+        raise TypeError(f"truncate_prompt: expected True or False, got {type(truncate).__name__}")
+    return _context.check_prompt_lengths(counts, limit, max_new_tokens, truncate=truncate)
+
+
 class Progress:
     """One line per iteration on stderr when enabled."""
 
@@ -85,10 +92,27 @@ class EncodedPrompts:
 
     @classmethod
     def from_texts(cls, model, tokenizer, prompts: list[str], *, chat_template: bool | None,
-                   device: torch.device) -> "EncodedPrompts":
-        """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one)."""
-        ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-        return cls(texts=prompts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
+                   device: torch.device, max_new_tokens: int | None = None,
+                   truncate_prompt: bool = False) -> "EncodedPrompts":
+        """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one).
+
+        With ``max_new_tokens``, every prompt must fit the model's context with that many new tokens
+        (:func:`check_context`): else ValueError, or with ``truncate_prompt`` the prompt is cut from the
+        left to its last tokens that fit (:func:`fastalign.encoding.truncate_prompt`; a
+        :class:`~fastalign._context.PromptTruncatedWarning` says so) and its text in ``texts`` (what
+        the reward and the result see) is the cut one."""
+        texts = list(prompts)
+        rows = encoding.prompt_token_ids(tokenizer, texts, chat_template=chat_template)
+        if max_new_tokens is not None:
+            limit = _context.context_limit(getattr(model, "config", None))
+            keep = check_context(limit, [len(r) for r in rows], max_new_tokens, truncate=truncate_prompt)
+            for i, k in enumerate(keep):
+                if k is not None:
+                    count = len(rows[i])
+                    texts[i], rows[i] = encoding.truncate_prompt(tokenizer, texts[i], k, chat_template=chat_template)
+                    _context.warn_truncated(f"prompts[{i}]", len(rows[i]), count, limit)
+        ids, mask = encoding.left_pad(rows, encoding.pad_token_id(tokenizer), device)
+        return cls(texts=texts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
                    pad_id=encoding.pad_token_id(tokenizer))
 
     def prefill(self, model) -> "EncodedPrompts":
