@@ -73,7 +73,9 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
             model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
             raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
-            (the template stays whole), warns (``PromptTruncatedWarning``) and reports the cut prompt.
+            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
+            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
+            ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
         one :class:`fastalign.results.AlignResult` for a single prompt string, else a list; the trace has
@@ -87,6 +89,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
                                                 max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
+    _common.report_truncated(results, encoded)  # each result's prompt as given
     return results[0] if single else results
 
 

@@ -191,7 +191,9 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
         truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
             model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
             raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
-            (the template stays whole), warns (``PromptTruncatedWarning``) and reports the cut prompt.
+            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
+            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
+            ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
         :class:`fastalign.results.AlignResult` (a list for a list of prompts): the best final response over
@@ -216,6 +218,7 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
                                                 max_new_tokens=st.max_new_tokens, truncate_prompt=truncate_prompt)
     soft = soft_reward if soft_reward is not None else as_soft_reward(reward, model, tokenizer)
     results = run(model, tokenizer, encoded, reward, soft, st, metrics=metrics, progress=progress)
+    _common.report_truncated(results, encoded)  # each result's prompt as given
     return results[0] if single else results
 
 

@@ -723,18 +723,23 @@ def test_truncate_prompt_must_be_a_bool(tiny_lm):
 
 @pytest.mark.parametrize("algo", ["aisp", "bon", "sea"])
 def test_truncate_prompt_keeps_the_last_tokens_and_equals_the_cut_prompt_run_directly(tiny_lm, algo):
-    """truncate_prompt=True: a warning names the prompt and the counts; the prompt aligned (and reported)
-    is the original's last 256 - max_new_tokens tokens; the result equals aligning that text directly."""
+    """truncate_prompt=True: a warning names the prompt and the counts; the prompt aligned is the original's
+    last 256 - max_new_tokens tokens (in the result's extra; its prompt stays the one given); the answer
+    equals aligning that cut text directly."""
     from fastalign._context import PromptTruncatedWarning
 
     model, tok, reward, _ = tiny_lm
     with pytest.warns(PromptTruncatedWarning, match=r"prompts\[1\]: truncated from the left to its last 252 of 300"):
         cut = _algo_call(algo, model, tok, reward, dict(prompts=["w1 w2", LONG], max_new_tokens=4, truncate_prompt=True))
-    kept = LONG.split()[-252:]
-    assert cut[1].prompt.split() == kept and cut[0].prompt == "w1 w2"
-    direct = _algo_call(algo, model, tok, reward, dict(prompts=["w1 w2", " ".join(kept)], max_new_tokens=4))
+    kept = " ".join(LONG.split()[-252:])
+    assert cut[1].prompt == LONG and cut[0].prompt == "w1 w2"  # the prompts as given
+    assert {k: cut[1].extra[k] for k in ("truncated_prompt", "prompt_tokens", "prompt_tokens_kept")} == \
+        {"truncated_prompt": kept, "prompt_tokens": 300, "prompt_tokens_kept": 252}
+    assert "truncated_prompt" not in cut[0].extra
+    direct = _algo_call(algo, model, tok, reward, dict(prompts=["w1 w2", kept], max_new_tokens=4))
     for a, b in zip(cut, direct):
-        assert (a.prompt, a.response, a.response_ids, a.reward) == (b.prompt, b.response, b.response_ids, b.reward)
+        assert (a.response, a.response_ids, a.reward, a.trace_mean) == (b.response, b.response_ids, b.reward,
+                                                                         b.trace_mean)
 
 
 def test_truncate_prompt_leaves_the_chat_template_whole():
