@@ -351,9 +351,9 @@ def cmd_bench(args) -> int:
 
 
 def _read_prompts(args) -> list[dict]:
-    if args.prompts_file and args.prompt:
+    if args.prompts_file is not None and args.prompt:
         raise UsageError("give either PROMPT arguments or --prompts-file, not both")
-    if args.prompts_file:
+    if args.prompts_file is not None:
         from fastalign import distributed
 
         _inputs.input_file(args.prompts_file, "--prompts-file")
