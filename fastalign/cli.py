@@ -16,8 +16,9 @@ shared out over the ranks when started by ``torchrun --nproc-per-node N -m fasta
 
 Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
 (an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
-option, a missing optional package) gets a one-line message on stderr, never a traceback; set
-``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
+option, a missing optional package, a file that cannot be read or written, a prompt past the model's
+context: :mod:`fastalign._inputs`) gets a one-line message on stderr before any model loads, never a
+traceback; set ``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
 """
 from __future__ import annotations
 
