@@ -17,6 +17,8 @@ whose message names the ``pip install`` command; a model path that does not exis
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import json
 import os
@@ -189,14 +191,17 @@ def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
     if not force and _is_converted(target, stamp):
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if verbose:
         _log(f"converting {gguf.name} to an unquantised copy in {target} (once; about a minute)")
     t0 = time.perf_counter()
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # the tokenizer and config that the command line's prompt check read from the GGUF, if it did
+        # (each read parses the whole file: seconds); else read here
+        tokenizer, config = _gguf_tokenizer_and_config(gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                     config=copy.deepcopy(config))
         # De-quantised weights are plain float32 tensors: drop the GGUF quantisation marker so that
         # save_pretrained writes them as an ordinary checkpoint.
         if hasattr(model.config, "quantization_config"):
@@ -221,9 +226,20 @@ def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not _is_converted(target, stamp):
             raise
+    _gguf_tokenizer_and_config.cache_clear()
     if verbose:
         _log(f"converted in {time.perf_counter() - t0:.1f} s")
     return target
+
+
+@functools.lru_cache(maxsize=1)
+def _gguf_tokenizer_and_config(gguf: Path):
+    """``(tokenizer, config)`` read from the default model's GGUF file (kept until it is converted)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    with _quiet_transformers():
+        return (AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name),
+                AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
 
 
 def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, device=None, placement=None):
@@ -362,11 +378,10 @@ def load_tokenizer_and_config(name_or_path: str | None = None):
     if _is_default(name_or_path, DEFAULT_MODEL):
         gguf = default_model_gguf()
         target = default_model_dir()
-        if _is_converted(target, _source_stamp(gguf)):
-            where, gguf_file, hub = str(target), None, False
-        else:
+        if not _is_converted(target, _source_stamp(gguf)):
             require("gguf", "reading the default model's GGUF file")
-            where, gguf_file, hub = str(gguf.parent), gguf.name, False
+            return _gguf_tokenizer_and_config(gguf)  # kept for the conversion that follows
+        where, gguf_file, hub = str(target), None, False
     else:
         where, gguf_file, hub = _locate_causal_lm(name_or_path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
