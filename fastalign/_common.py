@@ -6,16 +6,17 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from fastalign import encoding, engine
+from fastalign import _context, encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.rewards import call_reward
 
-__all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward", "Progress", "EncodedPrompts",
-           "compiled_step", "greedy_baseline", "attach_metrics"]
+__all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward",
+           "check_context", "Progress", "EncodedPrompts", "report_truncated", "compiled_step", "greedy_baseline",
+           "attach_metrics"]
 
 
 def check_int(value, name: str, lo: int = 1) -> int:
@@ -57,6 +58,13 @@ def check_backend(backend, device: torch.device) -> None:
     backends.resolve(backend, device.type)
 
 
+def check_context(limit, counts: list[int], max_new_tokens: int, *, truncate: bool = False) -> list[int | None]:
+    """:func:`fastalign._context.check_prompt_lengths` for the Python API (``truncate`` must be a bool)."""
+    if not isinstance(truncate, bool):
+        raise TypeError(f"truncate_prompt: expected True or False, got {type(truncate).__name__}")
+    return _context.check_prompt_lengths(counts, limit, max_new_tokens, truncate=truncate)
+
+
 class Progress:
     """One line per iteration on stderr when enabled."""
 
@@ -82,14 +90,36 @@ class EncodedPrompts:
     eos_ids: list[int]
     pad_id: int
     prompt_cache: engine.PromptCache | None = None
+    #: prompts cut to fit the context (``truncate_prompt``): index -> (the prompt as given, its tokens, kept)
+    truncated: dict = field(default_factory=dict)
 
     @classmethod
     def from_texts(cls, model, tokenizer, prompts: list[str], *, chat_template: bool | None,
-                   device: torch.device) -> "EncodedPrompts":
-        """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one)."""
-        ids, mask = encoding.encode_prompts(tokenizer, prompts, chat_template=chat_template, device=device)
-        return cls(texts=prompts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
-                   pad_id=encoding.pad_token_id(tokenizer))
+                   device: torch.device, max_new_tokens: int | None = None,
+                   truncate_prompt: bool = False) -> "EncodedPrompts":
+        """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one).
+
+        With ``max_new_tokens``, every prompt must fit the model's context with that many new tokens
+        (:func:`check_context`): else ValueError, or with ``truncate_prompt`` the prompt is cut from the
+        left to its last tokens that fit (:func:`fastalign.encoding.truncate_prompt`; a
+        :class:`~fastalign._context.PromptTruncatedWarning` says so): its text in ``texts`` (what the
+        model, the seeds and the reward see) is the cut one, and ``truncated`` records it for
+        :func:`report_truncated`."""
+        texts = list(prompts)
+        rows = encoding.prompt_token_ids(tokenizer, texts, chat_template=chat_template)
+        if max_new_tokens is not None:
+            limit = _context.context_limit(getattr(model, "config", None))
+            keep = check_context(limit, [len(r) for r in rows], max_new_tokens, truncate=truncate_prompt)
+        truncated = {}
+        for i, k in enumerate(keep if max_new_tokens is not None else []):
+            if k is not None:
+                count = len(rows[i])
+                texts[i], rows[i] = encoding.truncate_prompt(tokenizer, texts[i], k, chat_template=chat_template)
+                truncated[i] = (prompts[i], count, len(rows[i]))
+                _context.warn_truncated(f"prompts[{i}]", len(rows[i]), count, limit)
+        ids, mask = encoding.left_pad(rows, encoding.pad_token_id(tokenizer), device)
+        return cls(texts=texts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
+                   pad_id=encoding.pad_token_id(tokenizer), truncated=truncated)
 
     def prefill(self, model) -> "EncodedPrompts":
         """Compute the prompt cache (once; call inside :func:`fastalign.engine.eval_mode`)."""
@@ -105,6 +135,17 @@ class EncodedPrompts:
     def responses(self, tokenizer, rollouts: engine.Rollouts) -> tuple[list[str], list[list[int]]]:
         """Decoded texts and ids of ``rollouts`` (EOS dropped)."""
         return response_texts(tokenizer, rollouts.tokens, rollouts.lengths, self.eos_ids)
+
+
+def report_truncated(results: list, encoded: EncodedPrompts) -> list:
+    """Results of prompts that ``truncate_prompt`` cut: ``prompt`` back to the prompt as given, and in
+    ``extra``: ``truncated_prompt`` (the cut text the model read), ``prompt_tokens`` (the given
+    prompt's count, chat template included) and ``prompt_tokens_kept``."""
+    for i, (given, count, kept) in encoded.truncated.items():
+        res = results[i]
+        res.extra.update(truncated_prompt=res.prompt, prompt_tokens=count, prompt_tokens_kept=kept)
+        res.prompt = given
+    return results
 
 
 @contextlib.contextmanager

@@ -270,7 +270,8 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                   horizon: int | None = None, max_new_tokens: int = 128,
                   normalize_rewards: bool = DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
                   final_samples: int = 0, seed=0, backend: str | None = None, chat_template: bool | None = None,
-                  with_base: bool = False, compile: bool = False, progress: bool = True, metrics: bool = True):
+                  with_base: bool = False, compile: bool = False, progress: bool = True, metrics: bool = True,
+                  truncate_prompt: bool = False):
     """Align responses to ``prompts`` with AISP.
 
     Args:
@@ -322,6 +323,12 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
         progress: one line per iteration on stderr.
+        truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
+            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
+            raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
+            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
+            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
+            ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
         :class:`fastalign.results.AlignResult` for a single prompt string, else a list of them (one per
@@ -339,8 +346,10 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                                   mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend,
                                   compile=compile)
     device = _common.check_model_and_reward(model, reward, backend)
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
+    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
+                                                max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
+    _common.report_truncated(results, encoded)  # each result's prompt as given
     return results[0] if single else results
 
 

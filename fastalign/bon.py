@@ -54,7 +54,7 @@ class BonSettings:
 def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed=0, max_new_tokens: int = 128, batch_size: int = 64,
                  chat_template: bool | None = None, with_base: bool = False, compile: bool = False,
-                 kl_coef: float = 0.0, progress: bool = True, metrics: bool = True):
+                 kl_coef: float = 0.0, progress: bool = True, metrics: bool = True, truncate_prompt: bool = False):
     """Best-of-``n`` sampling.
 
     Args:
@@ -76,6 +76,12 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
         progress: one line per round on stderr.
+        truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
+            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
+            raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
+            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
+            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
+            ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
         one :class:`fastalign.results.AlignResult` for a single prompt string, else a list; the trace has
@@ -87,8 +93,10 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile,
                                  kl_coef=kl_coef)
     device = _common.check_model_and_reward(model, reward, None)
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
+    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
+                                                max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
+    _common.report_truncated(results, encoded)  # each result's prompt as given
     return results[0] if single else results
 
 

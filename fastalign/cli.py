@@ -16,8 +16,9 @@ shared out over the ranks when started by ``torchrun --nproc-per-node N -m fasta
 
 Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
 (an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
-option, a missing optional package) gets a one-line message on stderr, never a traceback; set
-``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
+option, a missing optional package, a file that cannot be read or written, a prompt past the model's
+context: :mod:`fastalign._inputs`) gets a one-line message on stderr before any model loads, never a
+traceback; set ``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+from fastalign import _inputs
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -338,9 +341,8 @@ def cmd_bench(args) -> int:
         raise UsageError("--budgets: the budget study runs with --e2e (fastalign bench --e2e --budgets 16,32,64,128)")
     if args.prompts_file is not None and args.budgets is None:
         raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
+    _inputs.check_bench_paths(args)
     if args.e2e and args.budgets is not None:
-        if args.prompts_file is not None and not Path(args.prompts_file).is_file():
-            raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
         return _load_bench_module("bench_study").main_from_args(args)
     if args.e2e:
         e2e = _load_bench_module("bench_e2e")
@@ -361,13 +363,12 @@ def cmd_bench(args) -> int:
 
 
 def _read_prompts(args) -> list[dict]:
-    if args.prompts_file and args.prompt:
+    if args.prompts_file is not None and args.prompt:
         raise UsageError("give either PROMPT arguments or --prompts-file, not both")
-    if args.prompts_file:
+    if args.prompts_file is not None:
         from fastalign import distributed
 
-        if not Path(args.prompts_file).is_file():
-            raise UsageError(f"--prompts-file: {args.prompts_file!r} does not exist")
+        _inputs.input_file(args.prompts_file, "--prompts-file")
         try:  # every bad line at once, with its number
             return distributed.read_prompts(args.prompts_file)
         except ValueError as exc:
@@ -412,7 +413,7 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
     """Run the chosen method on one batch of prompts; returns AlignResult objects."""
     method = args.method
     progress = not args.quiet if progress is None else progress
-    common = dict(seed=args.seed, progress=progress)
+    common = dict(seed=args.seed, progress=progress, truncate_prompt=args.truncate_prompt)
     if method == "aisp":
         from fastalign.aisp import aisp_generate
 
@@ -547,8 +548,14 @@ class _Aligner:
         return self.rewards[target]
 
     def __call__(self, batch: list[dict], progress: bool | None = None) -> list:
-        results = _align_batch(self.args, self.model, self.tokenizer, self.reward(self.target(batch[0])),
-                               [it["prompt"] for it in batch], progress=progress)
+        import warnings
+
+        from fastalign._context import PromptTruncatedWarning
+
+        with warnings.catch_warnings():  # cmd_align has said which prompts --truncate-prompt cuts
+            warnings.simplefilter("ignore", PromptTruncatedWarning)
+            results = _align_batch(self.args, self.model, self.tokenizer, self.reward(self.target(batch[0])),
+                                   [it["prompt"] for it in batch], progress=progress)
         return results if isinstance(results, list) else [results]
 
 
@@ -633,8 +640,7 @@ def cmd_align(args) -> int:
     default_target = args.target or models.DEFAULT_TARGET
     if args.out is None and _int_env("WORLD_SIZE") > 1:
         raise UsageError("--out: the processes of a torchrun job write their results to a file: give --out FILE.jsonl")
-    if args.out is not None and not Path(args.out).expanduser().resolve().parent.is_dir():
-        raise UsageError(f"--out: the folder of {args.out!r} does not exist")
+    _inputs.check_align_out(args.out, args.prompts_file)
     if args.device_map is not None:
         models.require("accelerate", "--device-map")
     if args.threads:
@@ -654,6 +660,11 @@ def cmd_align(args) -> int:
     models.check_source(args.model, "--model")
     if args.reward_model is None and args.reward_fn is None:
         models.check_source(args.reward, "--reward", reward=True)
+    notes = _inputs.check_align_prompts(items, args.model, _setting(args, args.method, "max_new_tokens"),
+                                        truncate=args.truncate_prompt, prompts_file=args.prompts_file)
+    if _int_env("RANK") == 0:
+        for note in notes:
+            _info(f"fastalign align: {note}")
     aligner = _Aligner(args, default_target)
     if args.out is not None:
         return _align_to_file(args, items, aligner)
@@ -740,6 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)")
     a.add_argument("--iterations", type=_positive_int, default=None, help="AISP iterations (4) / SEA steps (20)")
     a.add_argument("--max-new-tokens", type=_positive_int, default=None, help="response length in tokens")
+    a.add_argument("--truncate-prompt", action="store_true", default=False,
+                   help="cut a prompt too long for the model's context (its tokens + --max-new-tokens) from the "
+                        "left, keeping its last tokens, instead of refusing it (exit 2); a note on stderr says so")
     a.add_argument("--reward-model", metavar="ID_OR_DIR",
                    help="reward from a sequence-classification model (AutoModelForSequenceClassification: local "
                         "directory or cached hub id) scoring \"prompt\\nresponse\"; instead of --target")

@@ -611,7 +611,8 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
 
     Args:
         prompts: a JSONL path (:func:`read_prompts`) or a list of dicts with a ``"prompt"``.
-        out: the output file; its folder must exist and, across nodes, be shared.
+        out: the output file (not a folder); its folder must exist, be writable and, across nodes, be
+            shared (ValueError before any work otherwise).
         align_batch: ``align_batch(items: list[dict]) -> results``, one per item, each an
             :class:`~fastalign.results.AlignResult` (written through ``to_dict()``) or a JSON-serialisable
             dict. It sees the batches of :func:`make_batches`, on this rank's device.
@@ -641,9 +642,9 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
             raise ValueError(f"prompts[{i}]: expected a dict with a \"prompt\" string, got {item!r:.60}")
     if not items:
         raise ValueError("prompts: expected at least one prompt, got none")
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ValueError(f"out: the folder {str(out.parent)!r} does not exist")
+    from fastalign import _inputs
+
+    out = _inputs.output_file(os.fspath(out), "out", "results.jsonl", replaced=True)  # before any work
     batches = make_batches(items, batch_size, group_key)
     own = dist is None
     d = init() if own else dist

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_prompts", "encode_prompts", "eos_token_ids", "pad_token_id", "response_texts"]
+__all__ = ["check_prompts", "prompt_token_ids", "left_pad", "encode_prompts", "truncate_prompt", "eos_token_ids", "pad_token_id", "response_texts"]
 
 
 def check_prompts(prompts) -> list[str]:
@@ -50,6 +50,39 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+def _prompt_ids(tokenizer, prompt: str, use_chat: bool) -> list[int]:
+    if use_chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def prompt_token_ids(tokenizer, prompts: list[str], *, chat_template: bool | None = None) -> list[list[int]]:
+    """The token ids of each prompt on its own, unpadded: what the model reads for it (through the chat
+    template when ``chat_template``, by default whenever the tokenizer has one). ``len`` of a row is the
+    prompt's real token count."""
+    use_chat = _uses_chat_template(tokenizer, chat_template)
+    rows = []
+    for p in prompts:
+        ids = _prompt_ids(tokenizer, p, use_chat)
+        if len(ids) == 0:
+            raise ValueError(f"prompts: the prompt {p!r} tokenises to no tokens")
+        rows.append(ids)
+    return rows
+
+
+def left_pad(rows: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids [B, P], attention_mask [B, P])`` of token rows, left padded with ``pad``."""
+    P = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), P), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for b, r in enumerate(rows):
+        input_ids[b, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, P - len(r):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
 def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool | None = None,
                    device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``(input_ids [B, P], attention_mask [B, P])`` of the prompts.
@@ -58,26 +91,35 @@ def encode_prompts(tokenizer, prompts: list[str], *, chat_template: bool | None 
     prompt becomes one user turn followed by the generation prompt. Each prompt is tokenised on its
     own, so its ids do not depend on the batch it is in.
     """
+    rows = prompt_token_ids(tokenizer, prompts, chat_template=chat_template)
+    return left_pad(rows, pad_token_id(tokenizer), device)
+
+
+def truncate_prompt(tokenizer, prompt: str, max_tokens: int, *, chat_template: bool | None = None) -> tuple[str, list[int]]:
+    """``prompt`` cut from the left to a text whose encoding (chat template included) has at most
+    ``max_tokens`` tokens: ``(text, ids)``, the text being the decoded last tokens of the prompt.
+
+    The prompt's own tokens are dropped, never the chat template's (its header and generation prompt
+    stay), and the result is re-encoded exactly as :func:`prompt_token_ids` encodes a prompt, so aligning
+    the returned text directly gives the same ids. ValueError when even an empty prompt would not fit.
+    """
     use_chat = _uses_chat_template(tokenizer, chat_template)
-    rows: list[list[int]] = []
-    for p in prompts:
-        if use_chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = tokenizer(p)["input_ids"]
-        if len(ids) == 0:
-            raise ValueError(f"prompts: the prompt {p!r} tokenises to no tokens")
-        rows.append(list(ids))
-    P = max(len(r) for r in rows)
-    pad = pad_token_id(tokenizer)
-    input_ids = torch.full((len(rows), P), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), P), dtype=torch.long)
-    for b, r in enumerate(rows):
-        input_ids[b, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[b, P - len(r):] = 1
-    return input_ids.to(device), mask.to(device)
+    ids = _prompt_ids(tokenizer, prompt, use_chat)
+    if len(ids) <= max_tokens:
+        return prompt, ids
+    content = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    drop = len(ids) - max_tokens
+    while drop < len(content):
+        text = tokenizer.decode(content[drop:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if text.startswith("\ufffd"):  # the cut split a character: drop the rest of it too
+            drop += 1
+            continue
+        ids = _prompt_ids(tokenizer, text, use_chat) if text.strip() else []
+        if ids and len(ids) <= max_tokens:
+            return text, ids
+        drop += max(1, len(ids) - max_tokens)
+    raise ValueError(f"truncate_prompt: the chat template alone takes more than the {max_tokens} tokens left for "
+                     "the prompt; lower max_new_tokens")
 
 
 def response_texts(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor, eos_ids: Sequence[int]) -> tuple[list[str], list[list[int]]]:

@@ -19,6 +19,11 @@ ids and the pad id come from the generation config; the result is a ``LongTensor
 when the response ended with one), padded with the pad id. One row per prompt: fastalign returns the
 best candidate, so ``num_return_sequences`` must be 1.
 
+Each row's tokens (its attention mask's ones, not the padded width) + ``max_new_tokens`` must fit the
+model's context (``max_position_embeddings`` or its equivalent, :mod:`fastalign._context`): a row that
+does not is refused with ``ValueError`` before any forward, or, with ``truncate_prompt=True``, keeps
+its last tokens that fit (with a warning; the returned row still starts with the prompt as given).
+
 What is not supported raises ``ValueError`` instead of being ignored: beam search and its flags, more
 than one returned sequence, assisted generation, streamers, logits processors and stopping criteria
 other than the ones these methods implement (Best-of-N samples with the config's temperature, top-k and
@@ -131,12 +136,42 @@ def _left_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -
     return input_ids.gather(1, order), mask.gather(1, order)
 
 
-def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config) -> _common.EncodedPrompts:
+def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+                 truncate_prompt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``(ids, mask)`` whose every row's tokens + ``max_new_tokens`` fit the model's context:
+    ValueError naming the row (``input_ids[i]``) otherwise, or with ``truncate_prompt`` each long row
+    keeps its last tokens that fit (the ids as given are cut: a chat template's header too)."""
+    from fastalign import _context
+
+    if not isinstance(truncate_prompt, bool):
+        raise TypeError(f"truncate_prompt: expected True or False, got {type(truncate_prompt).__name__}")
+    limit = _context.context_limit(getattr(model, "config", None))
+    counts = [int(c) for c in mask.sum(dim=1).tolist()]
+    fit = "" if limit is None else f", max_length={limit.tokens - max_new_tokens}"
+    keep = _context.check_prompt_lengths(
+        counts, limit, max_new_tokens, truncate=truncate_prompt, names=[f"input_ids[{i}]" for i in range(len(counts))],
+        flags={"truncate_prompt": f"truncate_prompt=True (or tokenize with truncation=True{fit}, "
+                                  "truncation_side='left')"})
+    if all(k is None for k in keep):
+        return ids, mask
+    mask = mask.clone()
+    P = ids.shape[1]
+    for i, k in enumerate(keep):
+        if k is not None:
+            mask[i, :P - k] = 0
+            _context.warn_truncated(f"input_ids[{i}]", k, counts[i], limit)
+    width = int(mask.sum(dim=1).max())
+    return ids[:, P - width:], mask[:, P - width:]
+
+
+def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
+             truncate_prompt: bool = False) -> _common.EncodedPrompts:
     if text_tokenizer is None:
         raise ValueError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
                          "(text_tokenizer=tokenizer; generate keeps tokenizer= for itself)")
     device = engine.input_device(model)
     ids, mask = _left_padded(input_ids.to(device), attention_mask)
+    ids, mask = _fit_context(model, ids, mask, max_new_tokens, truncate_prompt)
     texts = [text_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
     eos_ids, pad_id = _eos_and_pad(generation_config, model)
     return _common.EncodedPrompts(texts=texts, input_ids=ids, attention_mask=mask.to(device), eos_ids=eos_ids,
@@ -180,7 +215,8 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
          control_cap: float | None = _aisp.DEFAULT_CONTROL_CAP, kl_coef: float = _aisp.DEFAULT_KL_COEF,
          lam: float = _aisp.DEFAULT_LAM, alpha: float = 0.999, horizon: int | None = None,
          normalize_rewards: bool = _aisp.DEFAULT_NORMALIZE_REWARDS, mean_rollout: bool = False,
-         final_samples: int = 0, seed=0, backend: str | None = None, progress: bool = False, **model_kwargs):
+         final_samples: int = 0, seed=0, backend: str | None = None, progress: bool = False,
+         truncate_prompt: bool = False, **model_kwargs):
     """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
     reward=..., text_tokenizer=..., n=..., iterations=...)``. The AISP arguments are those of
     :func:`fastalign.aisp.aisp_generate`; see the module docstring for the conventions."""
@@ -192,14 +228,16 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
                                         normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
                                         final_samples=final_samples, seed=seed, backend=backend)
     _common.check_model_and_reward(model, reward, backend)
-    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config)
+    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config, T,
+                       truncate_prompt)
     results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
 
 def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
         synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, n: int = 32, seed=0,
-        batch_size: int = 64, kl_coef: float = 0.0, progress: bool = False, **model_kwargs):
+        batch_size: int = 64, kl_coef: float = 0.0, progress: bool = False, truncate_prompt: bool = False,
+        **model_kwargs):
     """Best-of-N as a ``generate`` decoding method: ``n`` samples per prompt with the generation
     config's ``temperature``, ``top_k`` and ``top_p`` (``do_sample=False``: greedy, every sample equal),
     the one the reward likes best returned."""
@@ -211,7 +249,7 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
                                       top_k=(gc.top_k or 0) if sample else 0, seed=seed, max_new_tokens=T,
                                       batch_size=batch_size, kl_coef=kl_coef)
     _common.check_model_and_reward(model, reward, None)
-    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc)
+    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc, T, truncate_prompt)
     results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
@@ -223,7 +261,7 @@ _SEA_OPTIONS = {name: p.default for name, p in inspect.signature(_sea.sea_genera
 
 def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
         synced_gpus=False, streamer=None, *, reward=None, text_tokenizer=None, soft_reward=None,
-        progress: bool = False, **kwargs):
+        progress: bool = False, truncate_prompt: bool = False, **kwargs):
     """SEA as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.sea,
     reward=..., text_tokenizer=..., steps=..., chains=...)``. The SEA options (``chains``, ``steps``,
     ``lr``, ``soft_tokens``, ``fluency``, ``decoding``, ``noise``, ``seed``, ...) are those of
@@ -235,7 +273,8 @@ def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     settings = _sea.SeaSettings.check(**{**_SEA_OPTIONS, **options}, max_new_tokens=T)
     _common.check_model_and_reward(model, reward, settings.backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
-    encoded = _encoded(model, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config)
+    encoded = _encoded(model, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config, T,
+                       truncate_prompt)
     soft = soft_reward if soft_reward is not None else _sea.as_soft_reward(reward, model, text_tokenizer)
     results = _sea.run(model, text_tokenizer, encoded, reward, soft, settings, metrics=False, progress=progress)
     return _as_generate_output(input_ids, results, encoded, T)

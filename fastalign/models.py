@@ -17,6 +17,8 @@ whose message names the ``pip install`` command; a model path that does not exis
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import json
 import os
@@ -39,6 +41,7 @@ __all__ = [
     "default_reward_dir",
     "load_default",
     "load_model",
+    "load_tokenizer_and_config",
     "load_embedding_model",
     "load_default_reward",
     "load_reward",
@@ -188,14 +191,17 @@ def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
     if not force and _is_converted(target, stamp):
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if verbose:
         _log(f"converting {gguf.name} to an unquantised copy in {target} (once; about a minute)")
     t0 = time.perf_counter()
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # the tokenizer and config that the command line's prompt check read from the GGUF, if it did
+        # (each read parses the whole file: seconds); else read here
+        tokenizer, config = _gguf_tokenizer_and_config(gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                     config=copy.deepcopy(config))
         # De-quantised weights are plain float32 tensors: drop the GGUF quantisation marker so that
         # save_pretrained writes them as an ordinary checkpoint.
         if hasattr(model.config, "quantization_config"):
@@ -220,9 +226,20 @@ def convert_default(*, force: bool = False, verbose: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not _is_converted(target, stamp):
             raise
+    _gguf_tokenizer_and_config.cache_clear()
     if verbose:
         _log(f"converted in {time.perf_counter() - t0:.1f} s")
     return target
+
+
+@functools.lru_cache(maxsize=1)
+def _gguf_tokenizer_and_config(gguf: Path):
+    """``(tokenizer, config)`` read from the default model's GGUF file (kept until it is converted)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    with _quiet_transformers():
+        return (AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name),
+                AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
 
 
 def _load_causal_lm(path: str, *, gguf_file: str | None = None, dtype=None, device=None, placement=None):
@@ -313,6 +330,26 @@ def _load_hub(loader, name: str, what: str):
         ) from exc
 
 
+def _locate_causal_lm(name_or_path: str) -> tuple[str, str | None, bool]:
+    """``(path or hub id, gguf file name or None, whether it is a hub id)`` of a causal LM that is not the
+    embedded default; ModelNotFoundError for a path that is no model."""
+    path = _resolve_local(name_or_path, "--model")
+    if path is None:
+        return name_or_path, None, True
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"--model: {name_or_path!r} is a file but not a .gguf model; give a directory or a .gguf file")
+        require("gguf", f"reading {path.name}")
+        return str(path.parent), path.name, False
+    if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise ModelNotFoundError(f"--model: {name_or_path!r} is a directory without a config.json")
+    ggufs = sorted(path.glob("*.gguf")) if not (path / "config.json").is_file() else []
+    if ggufs:
+        require("gguf", f"reading {ggufs[0].name}")
+        return str(path), ggufs[0].name, False
+    return str(path), None, False
+
+
 def load_model(name_or_path: str | None = None, *, dtype=None, device=None, device_map=None, max_memory=None):
     """``(model, tokenizer)`` of a causal LM: the embedded default (None, ``"default"``,
     ``"SmolLM2-135M-Instruct"``), a local directory, a local ``.gguf`` file, or a Hugging Face id.
@@ -325,21 +362,35 @@ def load_model(name_or_path: str | None = None, *, dtype=None, device=None, devi
         return load_default(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
     require("transformers", f"loading the model {name_or_path!r}")
     load = dict(dtype=dtype, device=device, placement=_placement(device, device_map, max_memory))
-    path = _resolve_local(name_or_path, "--model")
-    if path is not None:
-        if path.is_file():
-            if path.suffix != ".gguf":
-                raise ModelNotFoundError(f"--model: {name_or_path!r} is a file but not a .gguf model; give a directory or a .gguf file")
-            require("gguf", f"reading {path.name}")
-            return _load_causal_lm(str(path.parent), gguf_file=path.name, **load)
-        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
-            raise ModelNotFoundError(f"--model: {name_or_path!r} is a directory without a config.json")
-        ggufs = sorted(path.glob("*.gguf")) if not (path / "config.json").is_file() else []
-        if ggufs:
-            require("gguf", f"reading {ggufs[0].name}")
-            return _load_causal_lm(str(path), gguf_file=ggufs[0].name, **load)
-        return _load_causal_lm(str(path), **load)
-    return _load_hub(lambda n: _load_causal_lm(n, **load), name_or_path, "--model")
+    where, gguf_file, hub = _locate_causal_lm(name_or_path)
+    if hub:
+        return _load_hub(lambda n: _load_causal_lm(n, **load), name_or_path, "--model")
+    return _load_causal_lm(where, gguf_file=gguf_file, **load)
+
+
+def load_tokenizer_and_config(name_or_path: str | None = None):
+    """``(tokenizer, config)`` of the causal LM that :func:`load_model` loads, without its weights (the
+    embedded default from its converted copy, or from the GGUF's metadata before the first conversion):
+    what the command line checks the prompts against before the model loads."""
+    require("transformers", f"loading the model {name_or_path or DEFAULT_MODEL!r}")
+    from transformers import AutoConfig, AutoTokenizer
+
+    if _is_default(name_or_path, DEFAULT_MODEL):
+        gguf = default_model_gguf()
+        target = default_model_dir()
+        if not _is_converted(target, _source_stamp(gguf)):
+            require("gguf", "reading the default model's GGUF file")
+            return _gguf_tokenizer_and_config(gguf)  # kept for the conversion that follows
+        where, gguf_file, hub = str(target), None, False
+    else:
+        where, gguf_file, hub = _locate_causal_lm(name_or_path)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+
+    def load(name):
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(name, **kwargs), AutoConfig.from_pretrained(name, **kwargs)
+
+    return _load_hub(load, where, "--model") if hub else load(where)
 
 
 def load_embedding_model(name_or_path: str | None = None, *, device=None):

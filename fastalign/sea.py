@@ -143,7 +143,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
                  decoding: str = "lm_topk", decode_topk: int = 5, max_new_tokens: int = 32,
                  eval_every: int | None = None, soft_reward=None, seed=0, backend: str | None = None,
                  kl_coef: float = 0.0,
-                 chat_template: bool | None = None, metrics: bool = True, progress: bool = True):
+                 chat_template: bool | None = None, metrics: bool = True, progress: bool = True,
+                 truncate_prompt: bool = False):
     """Align responses to ``prompts`` with SEA (defaults measured on SmolLM2-135M-Instruct with the
     all-MiniLM cosine reward, ``bench/bench_sea.py`` and ``bench/RESULTS.md`` *SEA options*; the paper's /
     COLD's choice is named beside each). Measured there: soft tokens with argmax decoding (the pre-issue
@@ -192,6 +193,12 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
         backend: fused-op backend for ``sea_step`` / ``gaussian_perturb``.
         metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the final chains).
         progress: a line per evaluation on stderr.
+        truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
+            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
+            raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
+            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
+            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
+            ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
         :class:`fastalign.results.AlignResult` (a list for a list of prompts): the best final response over
@@ -212,9 +219,11 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
                            backend=backend, kl_coef=kl_coef)
     device = _common.check_model_and_reward(model, reward, backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
+    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
+                                                max_new_tokens=st.max_new_tokens, truncate_prompt=truncate_prompt)
     soft = soft_reward if soft_reward is not None else as_soft_reward(reward, model, tokenizer)
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device)
     results = run(model, tokenizer, encoded, reward, soft, st, metrics=metrics, progress=progress)
+    _common.report_truncated(results, encoded)  # each result's prompt as given
     return results[0] if single else results
 
 

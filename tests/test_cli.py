@@ -445,3 +445,284 @@ def test_align_aisp_defaults_are_the_library_defaults():
     assert cli.ALIGN_DEFAULTS["aisp"]["kl_coef"] == cli.ALIGN_DEFAULTS["bon"]["kl_coef"] == \
         cli.ALIGN_DEFAULTS["sea"]["kl_coef"] == cli.CLI_KL_COEF
     assert d["normalize_rewards"] is aisp.DEFAULT_NORMALIZE_REWARDS
+
+
+# ------------------------------------------------- files and prompt lengths, checked before any model loads
+class _Reached(Exception):
+    """Raised where the command would start its work: the checks let the input through."""
+
+
+def _no_work(monkeypatch, *, tokenizer_ok: bool = False):
+    """Fail with _Reached where a model (or the prompts' tokenizer, unless ``tokenizer_ok``) would load or
+    a benchmark would start: what a case reaches beyond its checks."""
+    def reached(what):
+        def fail(*a, **k):
+            raise _Reached(what)
+        return fail
+
+    monkeypatch.setattr(models, "load_model", reached("the policy loaded"))
+    monkeypatch.setattr(models, "load_default", reached("the policy loaded"))
+    monkeypatch.setattr(models, "load_embedding_model", reached("the reward loaded"))
+    if not tokenizer_ok:
+        monkeypatch.setattr(models, "load_tokenizer_and_config", reached("the tokenizer loaded"))
+    real = cli._load_bench_module
+
+    def load_bench(name):
+        module = real(name)
+        fn = {"bench_ops": "run"}.get(name, "main_from_args")  # where each benchmark starts its work
+        monkeypatch.setattr(module, fn, reached(f"{name}.{fn} started"))
+        return module
+
+    monkeypatch.setattr(cli, "_load_bench_module", load_bench)
+
+
+def _tree(root: Path) -> set:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working folder with a folder, an empty file, a prompt file and a file where a .parts folder goes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "busy.jsonl.parts").write_text("not a folder")
+    return tmp_path
+
+
+MPL = models._find_spec("matplotlib") is not None
+PATH_CASES = [
+    # align --out: a folder (issue 25: the whole job ran, then IsADirectoryError and leftovers)
+    (["align", "hi", "--out", "adir"], ["--out", "'adir' names a folder", "adir/results.jsonl"]),
+    (["align", "hi", "--out", "adir/"], ["--out", "names a folder"]),
+    (["align", "hi", "--out", "newdir/"], ["--out", "names a folder"]),
+    (["align", "hi", "--out", "nodir/r.jsonl"], ["--out", "'nodir'", "does not exist", "mkdir -p nodir"]),
+    (["align", "hi", "--out", "afile/r.jsonl"], ["--out", "'afile'", "not a folder"]),
+    (["align", "hi", "--out", "/sys/fastalign-r.jsonl"], ["--out", "cannot write", "'/sys'", "writable location"]),
+    (["align", "hi", "--out", "/dev/null"], ["--out", "not a regular file"]),
+    (["align", "hi", "--out", ""], ["--out", "expected a file name"]),
+    (["align", "hi", "--out", "busy.jsonl"], ["--out", "busy.jsonl.parts", "is a file"]),
+    (["align", "--prompts-file", "p.jsonl", "--out", "p.jsonl"], ["--out", "is the --prompts-file"]),
+    (["align", "--prompts-file", "p.jsonl", "--out", "./adir/../p.jsonl"], ["--out", "is the --prompts-file"]),
+    # align --prompts-file (issue 25: a folder was said not to exist)
+    (["align", "--prompts-file", "adir"], ["--prompts-file", "'adir' is a folder"]),
+    (["align", "--prompts-file", "adir/"], ["--prompts-file", "is a folder"]),
+    (["align", "--prompts-file", "nofile.jsonl"], ["--prompts-file", "does not exist"]),
+    (["align", "--prompts-file", "/dev/null"], ["--prompts-file", "not a regular file"]),
+    (["align", "--prompts-file", "afile"], ["--prompts-file", "holds no prompts"]),
+    (["align", "--prompts-file", ""], ["--prompts-file", "expected a file name"]),
+    # bench --csv / --plot / --prompts-file / --compare-with
+    (["bench", "--quick", "--csv", "adir"], ["--csv", "names a folder", "adir/bench.csv"]),
+    (["bench", "--quick", "--csv", "nodir/b.csv"], ["--csv", "does not exist"]),
+    (["bench", "--quick", "--csv", "/sys/fastalign-b.csv"], ["--csv", "cannot write"]),
+    (["bench", "--quick", "--plot", "adir"], ["--plot", "names a folder"] if MPL else ["matplotlib"]),
+    (["bench", "--quick", "--plot", "b.txt"], ["--plot", ".txt", ".png"] if MPL else ["matplotlib"]),
+    (["bench", "--quick", "--plot", "b"], ["--plot", "no extension"] if MPL else ["matplotlib"]),
+    (["bench", "--quick", "--plot", "nodir/b.png"], ["--plot", "does not exist"] if MPL else ["matplotlib"]),
+    (["bench", "--quick", "--plot", "b.png", "--csv", "b.png"], ["--plot", "--csv", "two files"] if MPL
+     else ["matplotlib"]),
+    (["bench", "--e2e", "--csv", "b.csv"], ["--csv", "--e2e", "--budgets"]),
+    (["bench", "--e2e", "--budgets", "16", "--prompts-file", "adir"], ["--prompts-file", "is a folder"]),
+    (["bench", "--e2e", "--budgets", "16", "--prompts-file", "nofile.jsonl"], ["--prompts-file", "does not exist"]),
+    (["bench", "--e2e", "--compare-with", "nowhere"], ["--compare-with", "does not exist"]),
+    (["bench", "--e2e", "--compare-with", "afile"], ["--compare-with", "is a file"]),
+    (["bench", "--e2e", "--compare-with", "adir"], ["--compare-with", "fastalign checkout"]),
+]
+
+
+@pytest.mark.parametrize("argv, needles", PATH_CASES, ids=[" ".join(c[0]) for c in PATH_CASES])
+def test_paths_are_checked_before_any_model_loads(capsys, monkeypatch, workdir, argv, needles):
+    """Exit 2 with one line naming the option and the fix; no model or tokenizer loaded, no benchmark
+    started, and not a file left behind (no .tmp, no .parts, no probe)."""
+    _no_work(monkeypatch)
+    before = _tree(workdir)
+    rc, out, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, *needles)
+    assert out == "" and _tree(workdir) == before
+
+
+def test_an_unwritable_folder_is_refused(capsys, monkeypatch, workdir):
+    """A folder without write permission (when the tests do not run as root, who may write anyway; /sys
+    refuses everyone and is covered above)."""
+    _no_work(monkeypatch)
+    ro = workdir / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        rc, _, err = run(capsys, "align", "hi", "--out", "ro/r.jsonl")
+        if os.geteuid() != 0:
+            assert_one_line_error(rc, err, "--out", "cannot write", "'ro'")
+        else:  # root writes anyway: the checks pass and the work would start
+            assert rc == 1 and "the tokenizer loaded" in err
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_the_issue_command_exits_2_in_a_fresh_process(tmp_path):
+    """`fastalign align hi --out adir` (adir a folder): exit 2 and one line, before any model loads (the
+    default model is not even converted here), nothing left behind."""
+    (tmp_path / "adir").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), FASTALIGN_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "fastalign", "align", "hi", "--out", "adir"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["fastalign: error: --out: 'adir' names a folder; give a file name, "
+                                                "such as 'adir/results.jsonl'"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"] and not any((tmp_path / "adir").iterdir())
+
+
+LONG_PROMPT = " ".join(f"w{i % 61}" for i in range(300))  # 300 tokens; the tiny llama's context is 256
+
+
+@pytest.mark.parametrize("argv, needles", [
+    ([LONG_PROMPT], ["the prompt:", "300 prompt tokens + 48 new tokens (--max-new-tokens)", "context of 256",
+                     "max_position_embeddings", "at most 208", "--truncate-prompt"]),
+    (["w1", LONG_PROMPT, "--max-new-tokens", "8"], ["prompt 2:", "300 prompt tokens + 8", "at most 248"]),
+    (["w1", "--max-new-tokens", "256"], ["--max-new-tokens", "no room", "at most 255"]),
+    (["w1", " ".join(["w2"] * 250), "--method", "sea", "--max-new-tokens", "7"], ["prompt 2:", "250 + 7" if False
+                                                                                  else "250 prompt tokens + 7"]),
+])
+def test_prompts_past_the_context_are_refused_before_the_policy_loads(capsys, monkeypatch, tiny_model_dir, argv,
+                                                                      needles):
+    _no_work(monkeypatch, tokenizer_ok=True)
+    rc, out, err = run(capsys, "align", *argv, "--model", str(tiny_model_dir))
+    assert_one_line_error(rc, err, *needles)
+    assert out == ""
+
+
+def test_a_long_prompts_file_line_is_named_by_its_line_number(capsys, monkeypatch, tiny_model_dir, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "w1"}\n\n' + json.dumps({"prompt": LONG_PROMPT}) + "\n")
+    _no_work(monkeypatch, tokenizer_ok=True)
+    rc, _, err = run(capsys, "align", "--prompts-file", str(f), "--model", str(tiny_model_dir))
+    assert_one_line_error(rc, err, "--prompts-file line 3:", "300 prompt tokens")
+
+
+def test_truncate_prompt_on_the_command_line(capsys, tiny_model_dir, tmp_path):
+    """--truncate-prompt: a note on stderr names the prompt and the counts, the model reads the original's
+    last 252 tokens (the result's extra.truncated_prompt; its prompt stays the one given, as --out's
+    resume check needs), and the answer equals aligning that cut prompt directly (also through --out)."""
+    common = ("--model", str(tiny_model_dir), "--n", "2", "--iterations", "1", "--max-new-tokens", "4",
+              "--backend", "torch", "--quiet", "--json")
+    rc, out, err = run(capsys, "align", "w1", LONG_PROMPT, *common, "--truncate-prompt")
+    assert rc == 0, err
+    assert err.splitlines() == ["fastalign align: prompt 2: 300 tokens, cut from the left to at most its last 252 "
+                                "(--truncate-prompt) to fit the model's context of 256 tokens "
+                                "(max_position_embeddings) with --max-new-tokens 4"]
+    cut = [json.loads(line) for line in out.splitlines()]
+    kept = " ".join(LONG_PROMPT.split()[-252:])
+    assert [r["prompt"] for r in cut] == ["w1", LONG_PROMPT] and cut[1]["extra"]["truncated_prompt"] == kept
+    rc, out, err = run(capsys, "align", "w1", kept, *common)
+    assert rc == 0 and err == "", err
+    direct = [json.loads(line) for line in out.splitlines()]
+    for a, b in zip(cut, direct):
+        assert (a["response"], a["reward"]) == (b["response"], b["reward"])
+    rc, _, err = run(capsys, "align", "w1", LONG_PROMPT, *common, "--truncate-prompt", "--out", str(tmp_path / "r.jsonl"))
+    assert rc == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in lines] == ["w1", LONG_PROMPT] and lines[1]["response"] == direct[1]["response"]
+    assert lines[1]["extra"]["truncated_prompt"] == kept
+
+
+# ------------------------------------------------ a hurried user's argument combinations (hypothesis)
+from hypothesis import HealthCheck, given, settings  # noqa: E402 (a dev dependency)
+from hypothesis import strategies as st  # noqa: E402
+
+#: --out values: (argument, bad?)
+_OUT = {"ok": ("r.jsonl", False), "folder": ("adir", True), "folder/": ("adir/", True),
+        "no parent": ("nodir/r.jsonl", True), "file parent": ("afile/r.jsonl", True),
+        "unwritable": ("/sys/fastalign-r.jsonl", True), "device": ("/dev/null", True), "empty": ("", True),
+        "parts is a file": ("busy.jsonl", True), "the prompts file": ("p.jsonl", None)}
+_PROMPTS_FILE = {"ok": ("p.jsonl", False), "folder": ("adir", True), "missing": ("nofile.jsonl", True),
+                 "device": ("/dev/null", True), "empty file": ("afile", True)}
+_FILE_OUT = {"ok": (None, False), "folder": ("adir", True), "no parent": ("nodir/x", True),
+             "file parent": ("afile/x", True), "unwritable": ("/sys/fastalign-x", True)}
+
+
+def _fuzz_dir(d: Path) -> None:
+    (d / "adir").mkdir()
+    (d / "afile").write_text("")
+    (d / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    (d / "busy.jsonl.parts").write_text("not a folder")
+
+
+def _check_outcome(capsys, monkeypatch, argv, bad: list[str], reached: str):
+    """Run ``argv`` in a fresh folder: exit 2 and one line naming one of ``bad`` (the needles of the bad
+    inputs) when there are any, else the work starts (``reached``); stdout empty, no file left behind."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, monkeypatch.context() as m:
+        d = Path(tmp)
+        _fuzz_dir(d)
+        m.chdir(d)
+        _no_work(m)
+        before = _tree(d)
+        rc, out, err = run(capsys, *argv)
+        assert out == "" and _tree(d) == before, (argv, _tree(d) - before)
+    if bad:
+        assert_one_line_error(rc, err)
+        assert any(needle in err for needle in bad), (argv, bad, err)
+    else:
+        assert rc == 1 and reached in err, (argv, err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(source=st.sampled_from(["argument", "both", "none", *(f"file {k}" for k in _PROMPTS_FILE)]),
+       out=st.sampled_from([None, *_OUT]), n=st.sampled_from([None, "2", "0", "x"]),
+       max_new=st.sampled_from([None, "4", "0"]), method=st.sampled_from([None, "aisp", "bon", "sea", "ppo"]))
+def test_fuzz_align_bad_input_exits_2_before_any_model(capsys, monkeypatch, source, out, n, max_new, method):
+    argv, bad = ["align"], []
+    if source in ("argument", "both"):
+        argv.append("hi")
+    if source.startswith("file") or source == "both":
+        value, is_bad = _PROMPTS_FILE[source[5:] if source.startswith("file") else "ok"]
+        argv += ["--prompts-file", value]
+        bad += ["--prompts-file"] if is_bad else []
+    bad += {"both": ["not both"], "none": ["PROMPT"]}.get(source, [])
+    if out is not None:
+        value, is_bad = _OUT[out]
+        argv += ["--out", value]
+        if is_bad or (is_bad is None and source == "file ok"):
+            bad.append("--out")
+    for flag, value, wrong in (("--n", n, ("0", "x")), ("--max-new-tokens", max_new, ("0",)),
+                               ("--method", method, ("ppo",))):
+        if value is not None:
+            argv += [flag, value]
+            bad += [flag] if value in wrong else []
+    _check_outcome(capsys, monkeypatch, argv, bad, "the tokenizer loaded")
+
+
+_CSV = {"none": None, "fine": ("b.csv", False), "folder": ("adir", True), "no parent": ("nodir/b.csv", True),
+        "file parent": ("afile/b.csv", True), "unwritable": ("/sys/fastalign-b.csv", True)}
+_PLOT = {"none": None, "fine": ("b.png", False), "folder": ("adir", True), "no parent": ("nodir/b.png", True),
+         "file parent": ("afile/b.png", True), "unwritable": ("/sys/fastalign-b.png", True),
+         "no extension": ("fig", True), "bad extension": ("fig.txt", True), "the csv file": ("same.png", True)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mode=st.sampled_from(["ops", "e2e", "study"]), csv=st.sampled_from(list(_CSV)),
+       plot=st.sampled_from(list(_PLOT)), prompts=st.sampled_from([None, *_PROMPTS_FILE]))
+def test_fuzz_bench_bad_files_exit_2_before_any_work(capsys, monkeypatch, mode, csv, plot, prompts):
+    argv = ["bench", "--quick"] + {"ops": [], "e2e": ["--e2e"], "study": ["--e2e", "--budgets", "16"]}[mode]
+    bad = []
+    if plot == "the csv file":  # --csv and --plot the same file
+        csv = "none"
+        argv += ["--csv", "same.png"]
+        bad.append("--csv")
+    if _CSV[csv] is not None:
+        value, is_bad = _CSV[csv]
+        argv += ["--csv", value]
+        bad += ["--csv"] if is_bad or mode == "e2e" else []
+    if _PLOT[plot] is not None:
+        value, is_bad = _PLOT[plot]
+        argv += ["--plot", value]
+        bad += ["--plot", "matplotlib"] if is_bad or mode == "e2e" or not MPL else []
+    if prompts is not None:
+        value, is_bad = _PROMPTS_FILE[prompts]
+        argv += ["--prompts-file", value]
+        bad += ["--prompts-file"] if is_bad or mode != "study" else []
+    reached = {"ops": "bench_ops.run started", "e2e": "bench_e2e.main_from_args started",
+               "study": "bench_study.main_from_args started"}[mode]
+    _check_outcome(capsys, monkeypatch, argv, bad, reached)

@@ -163,3 +163,47 @@ def test_sea_as_a_custom_generate_callable_equals_sea_generate():
     with pytest.raises(ValueError, match="decoding"):
         model.generate(**inputs, custom_generate=fastalign.hf.sea, reward=reward, text_tokenizer=tok,
                        max_new_tokens=5, do_sample=False, decoding="beam", **sea_kw)
+
+
+LONG = " ".join(f"w{i % 61}" for i in range(300))  # 300 tokens; the tiny llama's context is 256
+
+
+@pytest.mark.parametrize("method, kwargs", [("aisp", dict(do_sample=False, **AISP)), ("bon", dict(n=2)),
+                                            ("sea", dict(steps=1, chains=2, do_sample=False))])
+def test_a_row_past_the_context_is_refused_before_any_forward(method, kwargs):
+    """Each row's own tokens (not the padded width) + max_new_tokens against the context: a ValueError
+    naming the row, its count, the limit and the fixes, and the model never ran."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    inputs = tok(["w1 w2", LONG], return_tensors="pt", padding=True)
+    reward = _tiny.SoftCountReward("w7")
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError) as info:
+            model.generate(**inputs, custom_generate=getattr(fastalign.hf, method), reward=reward, text_tokenizer=tok,
+                           max_new_tokens=4, **kwargs)
+    finally:
+        handle.remove()
+    msg = str(info.value)
+    for needle in ("input_ids[1]", "300 prompt tokens + 4 new tokens", "context of 256", "truncate_prompt=True",
+                   "max_length=252"):
+        assert needle in msg, msg
+    assert not calls
+
+
+def test_truncate_prompt_keeps_each_rows_last_tokens():
+    """truncate_prompt=True: the long row is read as its last 252 tokens (the answer equals generating
+    from those ids), and the output row still starts with the prompt as given."""
+    from fastalign._context import PromptTruncatedWarning
+
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    reward = _tiny.count_reward("w7")
+    inputs = tok(["w1 w2", LONG], return_tensors="pt", padding=True)
+    with pytest.warns(PromptTruncatedWarning, match=r"input_ids\[1\].*last 252 of 300"):
+        out = model.generate(**inputs, custom_generate=fastalign.hf.aisp, reward=reward, text_tokenizer=tok,
+                             max_new_tokens=4, do_sample=False, truncate_prompt=True, **AISP)
+    cut = tok(["w1 w2", " ".join(LONG.split()[-252:])], return_tensors="pt", padding=True)
+    want = model.generate(**cut, custom_generate=fastalign.hf.aisp, reward=reward, text_tokenizer=tok,
+                          max_new_tokens=4, do_sample=False, **AISP)
+    P, Q = inputs["input_ids"].shape[1], cut["input_ids"].shape[1]
+    assert torch.equal(out[:, :P], inputs["input_ids"]) and torch.equal(out[:, P:], want[:, Q:])

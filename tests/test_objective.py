@@ -217,3 +217,12 @@ def test_compiled_step_records_the_same_objective_as_eager():
     assert [r.response_ids for r in compiled] == [r.response_ids for r in eager]
     assert [r.objective for r in compiled] == pytest.approx([r.objective for r in eager], abs=1e-4)
     assert not engine.output_head(model)._forward_pre_hooks
+
+
+def test_health_numbers_of_a_result():
+    from fastalign.results import AlignResult, health
+
+    r = AlignResult(prompt="p", response="r", reward=0.5, method="aisp", trace_mean=[0.1, 0.2, 0.4, 0.9],
+                    objective=0.3, extra={"iterations": 3, "control_norm": [0.1, 0.2, 0.25], "ess": [2.0, 3.0, 4.0]})
+    assert health(r) == {"objective": 0.3, "control_norm": 0.25, "ess": 3.0, "reward_rise": pytest.approx(0.3)}
+    assert health(AlignResult(prompt="p", response="r", reward=0.5, method="bon")) == {}

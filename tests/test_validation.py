@@ -681,3 +681,124 @@ def test_algorithm_valid_calls_run(tiny_lm):
         calls.clear()
         _algo_call(algo, model, tok, reward, {})
         assert calls, algo
+
+
+# ------------------------------------------------------------------ prompts past the model's context
+# The tiny llama's context is 256 positions (max_position_embeddings). A prompt whose own tokens +
+# max_new_tokens exceed it is refused before any forward, naming the prompt, its count and the limit;
+# truncate_prompt=True keeps its last tokens instead (fastalign/_context.py).
+LONG = " ".join(f"w{i % 61}" for i in range(300))  # 300 tokens with the tiny word tokenizer
+
+
+@pytest.mark.parametrize("algo", ["aisp", "bon", "sea"])
+@pytest.mark.parametrize("prompts, max_new_tokens, needles", [
+    (["w1", LONG], 3, ["prompts[1]", "300 prompt tokens", "256", "max_position_embeddings", "truncate_prompt=True"]),
+    # 250 tokens fit alone; with 8 new tokens they do not (the padded width of the batch is not counted)
+    (["w1 w2", " ".join(["w3"] * 250)], 8, ["prompts[1]", "250 prompt tokens + 8 new tokens", "at most 248"]),
+    (["w1"], 256, ["max_new_tokens", "no room", "at most 255"]),
+])
+def test_prompt_past_the_context_raises_before_the_model_runs(tiny_lm, algo, prompts, max_new_tokens, needles):
+    model, tok, reward, calls = tiny_lm
+    calls.clear()
+    with pytest.raises(ValueError) as info:
+        _algo_call(algo, model, tok, reward, dict(prompts=prompts, max_new_tokens=max_new_tokens))
+    msg = str(info.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    assert not calls, f"the model ran {len(calls)} forward pass(es) before the long prompt was reported"
+
+
+@pytest.mark.parametrize("algo", ["aisp", "bon", "sea"])
+def test_prompt_that_just_fits_runs(tiny_lm, algo):
+    model, tok, reward, calls = tiny_lm
+    calls.clear()
+    _algo_call(algo, model, tok, reward, dict(prompts=[" ".join(["w3"] * 253)], max_new_tokens=3))
+    assert calls
+
+
+def test_truncate_prompt_must_be_a_bool(tiny_lm):
+    model, tok, reward, calls = tiny_lm
+    with pytest.raises(TypeError, match="truncate_prompt"):
+        _algo_call("aisp", model, tok, reward, dict(prompts=[LONG], truncate_prompt="yes"))
+
+
+@pytest.mark.parametrize("algo", ["aisp", "bon", "sea"])
+def test_truncate_prompt_keeps_the_last_tokens_and_equals_the_cut_prompt_run_directly(tiny_lm, algo):
+    """truncate_prompt=True: a warning names the prompt and the counts; the prompt aligned is the original's
+    last 256 - max_new_tokens tokens (in the result's extra; its prompt stays the one given); the answer
+    equals aligning that cut text directly."""
+    from fastalign._context import PromptTruncatedWarning
+
+    model, tok, reward, _ = tiny_lm
+    with pytest.warns(PromptTruncatedWarning, match=r"prompts\[1\]: truncated from the left to its last 252 of 300"):
+        cut = _algo_call(algo, model, tok, reward, dict(prompts=["w1 w2", LONG], max_new_tokens=4, truncate_prompt=True))
+    kept = " ".join(LONG.split()[-252:])
+    assert cut[1].prompt == LONG and cut[0].prompt == "w1 w2"  # the prompts as given
+    assert {k: cut[1].extra[k] for k in ("truncated_prompt", "prompt_tokens", "prompt_tokens_kept")} == \
+        {"truncated_prompt": kept, "prompt_tokens": 300, "prompt_tokens_kept": 252}
+    assert "truncated_prompt" not in cut[0].extra
+    direct = _algo_call(algo, model, tok, reward, dict(prompts=["w1 w2", kept], max_new_tokens=4))
+    for a, b in zip(cut, direct):
+        assert (a.response, a.response_ids, a.reward, a.trace_mean) == (b.response, b.response_ids, b.reward,
+                                                                         b.trace_mean)
+
+
+def test_truncate_prompt_leaves_the_chat_template_whole():
+    """With a chat template only the prompt's own tokens are cut: the template's header and generation
+    prompt stay, and the cut text re-encodes to the ids the model reads."""
+    import copy
+
+    import _tiny
+    from fastalign import encoding
+
+    tok = copy.deepcopy(_tiny.tokenizer())
+    tok.chat_template = "w60 {% for m in messages %}{{ m['content'] }}{% endfor %} w59 w58"
+    text, ids = encoding.truncate_prompt(tok, LONG, 100)
+    assert len(ids) == 100 and text.split() == LONG.split()[-97:]
+    assert encoding.prompt_token_ids(tok, [text]) == [ids]
+    assert tok.convert_ids_to_tokens(ids[:1] + ids[-2:]) == ["w60", "w59", "w58"]
+    with pytest.raises(ValueError, match="chat template alone"):
+        encoding.truncate_prompt(tok, LONG, 3)
+
+
+def _config(**kw):
+    import transformers
+
+    return transformers.LlamaConfig(**kw)
+
+
+@pytest.mark.parametrize("make, tokens, source", [
+    (lambda: _config(max_position_embeddings=4096), 4096, "max_position_embeddings"),
+    (lambda: __import__("transformers").GPT2Config(n_positions=1024), 1024, "max_position_embeddings"),
+    (lambda: type("C", (), {"n_ctx": 2048})(), 2048, "n_ctx"),
+    # a sliding window is no limit
+    (lambda: __import__("transformers").MistralConfig(max_position_embeddings=32768, sliding_window=4096),
+     32768, "max_position_embeddings"),
+    # YaRN switched on over the pre-trained length (Qwen2.5's documented way): factor x original
+    (lambda: _config(max_position_embeddings=32768, rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}), 131072, "yarn"),
+    # the config already holds the extended length (Llama 3.1)
+    (lambda: _config(max_position_embeddings=131072, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0}), 131072, "max_position_embeddings"),
+    # dynamic NTK grows past max_position_embeddings: factor x it
+    (lambda: _config(max_position_embeddings=2048, rope_scaling={"rope_type": "dynamic", "factor": 2.0}), 4096,
+     "dynamic"),
+    # linear without the pre-trained length: the config's number
+    (lambda: _config(max_position_embeddings=2048, rope_scaling={"rope_type": "linear", "factor": 4.0}), 2048,
+     "max_position_embeddings"),
+])
+def test_context_limit_rules(make, tokens, source):
+    pytest.importorskip("transformers")
+    from fastalign._context import context_limit
+
+    limit = context_limit(make())
+    assert limit.tokens == tokens and source in limit.source, limit
+
+
+def test_models_without_a_limit_take_any_prompt():
+    import transformers
+
+    from fastalign._context import check_prompt_lengths, context_limit
+
+    assert context_limit(transformers.MambaConfig()) is None and context_limit(None) is None
+    assert check_prompt_lengths([10**6], None, 10**6) == [None]
