@@ -41,6 +41,9 @@ SETTINGS = {
     "rel 0.2 cap 0.5 kl 0.05": dict(rel_sigma=0.2, control_cap=0.5, kl_coef=0.05),
     "rel 0.05 cap 0.25 kl 0.05": dict(rel_sigma=0.05, control_cap=0.25, kl_coef=0.05),
     "rel 0.1 cap 0.5 kl 0.15": dict(rel_sigma=0.1, control_cap=0.5, kl_coef=0.15),
+    "rel 0.2 cap 0.5": dict(rel_sigma=0.2, control_cap=0.5),
+    "rel 0.2 cap 0.25": dict(rel_sigma=0.2, control_cap=0.25),
+    "rel 0.3 cap 0.3 kl 0.05": dict(rel_sigma=0.3, control_cap=0.3, kl_coef=0.05),
 }
 BON_KL = (0.0, 0.05, 0.15)
 
