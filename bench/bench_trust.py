@@ -16,6 +16,11 @@ median perplexity of its chosen answers is no higher than the median perplexity 
 temperature-1 samples; among eligible settings the highest mean raw reward wins, and a setting within
 one standard error of it with a smaller ``kl_coef`` (then smaller noise) is preferred.
 
+The CLI's ``--kl-coef`` (one value for every method; written after the first round, which showed
+Best-of-N's chosen answers above the fluency line at kl_coef 0 and 0.05 and its reward collapsing at
+0.15, before the second round): the smallest value tried at which Best-of-N's chosen answers meet the
+fluency condition; AISP's chosen setting is then run at that value and must still meet its rule.
+
     python bench/bench_trust.py --first 17 --prompts 8 --n 8 --iterations 8 --out study.jsonl
 """
 from __future__ import annotations
