@@ -49,6 +49,7 @@ SETTINGS = {
     "rel 0.2 cap 0.5": dict(rel_sigma=0.2, control_cap=0.5),
     "rel 0.2 cap 0.25": dict(rel_sigma=0.2, control_cap=0.25),
     "rel 0.3 cap 0.3 kl 0.05": dict(rel_sigma=0.3, control_cap=0.3, kl_coef=0.05),
+    "rel 0.1 cap 0.5 kl 0.08": dict(rel_sigma=0.1, control_cap=0.5, kl_coef=0.08),
 }
 BON_KL = (0.0, 0.05, 0.15)
 
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     reward = models.load_reward(target=TARGET)
     common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, progress=False)
     labels = list(SETTINGS) if args.settings is None else [s.strip() for s in args.settings.split(";")]
-    bon_kl = BON_KL if args.bon_kl is None else tuple(float(x) for x in args.bon_kl.split(","))
+    bon_kl = BON_KL if args.bon_kl is None else tuple(float(x) for x in args.bon_kl.split(",") if x.strip())
 
     def emit(row):
         with open(args.out, "a", encoding="utf-8") as f:

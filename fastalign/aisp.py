@@ -21,26 +21,37 @@ Mechanics:
   (:func:`fastalign.sampling.stream_seeds`), so a prompt gives the same response alone or inside any
   batch, whatever its position. ``seed`` may also be a list with one int per prompt.
 
-Defaults and where each comes from (chosen by ``bench/bench_study.py``; evidence in ``bench/RESULTS.md``,
-"AISP against Best-of-N over budgets"; one rule for every prompt and reward, nothing tuned per prompt):
+Defaults and where each comes from (one rule for every prompt and reward, nothing tuned per prompt;
+evidence in ``bench/RESULTS.md``, "Control health and the objective" and "AISP against Best-of-N over
+budgets"):
 
 * ``n=32``, ``K=32``, ``alpha=0.999``: the paper (arXiv 2510.26219).
-* noise: **a variance of 0.5, i.e. std sigma = sqrt(0.5) = 0.707** (:data:`DEFAULT_VARIANCE`). The paper
-  writes "sigma = 0.5"; third-party reruns and a later paper read it as the variance sigma^2 = 0.5. In the
-  study the variance reading won (held-out prompts, 32 reward calls: 0.285 vs 0.277 for std 0.5, and
-  0.256 vs 0.224 at 16). ``sigma=`` takes a std, ``variance=`` a variance.
+* noise: **relative**, ``rel_sigma`` = :data:`DEFAULT_REL_SIGMA`: the std is that fraction of the RMS of a
+  pre-logit coordinate of the prompt (``|h| / sqrt(d)``, ``|h|`` recorded by the prefill forward), so
+  the noise vector is ``rel_sigma`` times as long as the pre-logit vector on any model (SmolLM2's
+  pre-logits have norm ~55 at d=576; a 4096-wide model's are on another scale, where one absolute
+  sigma cannot fit both). ``sigma=``/``variance=`` keep the paper's absolute form. The former default,
+  an absolute variance of 0.5 (std 0.707, about rel 0.3 on SmolLM2), won the first budget study on
+  best-so-far reward but random-walked: the control's norm grew every iteration to 0.67 of the
+  pre-logit norm while the mean reward per iteration stayed flat, and the chosen answers had a median
+  perplexity of 361 (word salad), against 8.2 for ordinary temperature-1 samples (``bench/bench_trust.py``).
+* trust region: ``control_cap`` = :data:`DEFAULT_CONTROL_CAP`: after every update each step's control is
+  scaled down to at most that fraction of the pre-logit norm (one small pass over ``u [B, tau, d]``,
+  negligible beside a forward). An independent rerun of AISP saw the same oversteering (a final
+  control norm about 8x that of a constrained method).
+* objective: ``kl_coef=0`` (the raw reward; the library's default, since beta is in reward units).
+  ``kl_coef > 0`` maximises ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)``; the CLI sets it
+  for its cosine reward (``fastalign.cli.CLI_KL_COEF``).
 * ``normalize_rewards=True`` with ``lam=0.5`` (:data:`DEFAULT_LAM`): each prompt's n rewards are z-scored
   before dividing by ``lam``, so the weight temperature is relative to the reward spread and the same
   default works for a cosine reward (spread ~0.05) and a reward model's logits (spread of units). The
   paper's raw form is ``softmax(r / lam - ...)`` with lam=0.3, which with a cosine reward gives
-  near-uniform weights and no learning (DESIGN.md section 6); raw lam=0.02 tied with the normalised form
-  on the cosine reward (0.285 vs 0.283) but only fits that reward's scale. ``normalize_rewards=False``
-  restores the paper's raw form.
+  near-uniform weights and no learning; raw lam=0.02 tied with the normalised form on the cosine reward
+  but only fits that reward's scale. ``normalize_rewards=False`` restores the paper's raw form.
 * ``horizon`` = the whole response: reviewers read the paper as using a shorter control window tau; a
-  window of 8 of 32 tokens was clearly worse in the study (0.230 vs 0.285).
+  window of 8 of 32 tokens was clearly worse in the budget study (0.230 vs 0.285).
 * ``mean_rollout=False``, ``final_samples=0``: a reimplementation adds the noise-free mean (and a batch
-  around it) as candidates; in the study the mean rollout never beat the best rollout, so it would only
-  cost a reward call.
+  around it) as candidates; in the budget study the mean rollout never beat the best rollout.
 """
 from __future__ import annotations
 

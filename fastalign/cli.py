@@ -497,9 +497,13 @@ def _print_result(res, args, target: str) -> None:
     settings = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in _describe(args).items())
     quality = {k: v for k, v in metrics.items() if k != "base_perplexity"}
     quality = f", {fmt_metrics(quality)}" if quality else ""
-    print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}{quality}:\n  {res.response}")
+    objective = "" if res.objective is None else f", objective {fmt(res.objective)}"
+    print(f"\naligned ({label}: {settings}), reward {fmt(res.reward)}{gain}{objective}{quality}:\n  {res.response}")
     trace = " ".join(f"{m:.3f}/{x:.3f}" for m, x in res.trace) if res.trace_mean else "-"
     print(f"\nreward calls: {res.reward_calls}   time: {res.seconds:.1f} s   reward mean/max per round: {trace}")
+    if res.extra.get("control_norm"):
+        print("control |u|/|h| per iteration: " + " ".join(f"{x:.3f}" for x in res.extra["control_norm"])
+              + "   weights' ESS: " + " ".join(f"{x:.1f}" for x in res.extra["ess"]) + f" of {res.extra['n']}")
     print("-" * 72, flush=True)
 
 

@@ -181,6 +181,8 @@ def test_align_text_output(capsys, tiny_model_dir):
     assert "base (greedy), reward" in out and "aligned (AISP:" in out and "reward calls: 2" in out
     assert out.count("perplexity") == 2 and "coherence" in out and "distinct-2/3" in out
     assert "fastalign aisp:" in err  # progress on stderr
+    assert "control |u|/|h| per iteration: " in out and "ESS" in out  # the control's health
+    assert ("objective" in out) == (cli.CLI_KL_COEF > 0)  # the objective beside the raw reward
 
 
 def test_align_several_prompts_in_one_batch_equal_each_alone(capsys, tiny_model_dir):
