@@ -45,6 +45,19 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; ``extend(parser)``, if given, adds arguments the first time this parser parses
+    (so ``fastalign --help`` never imports what only one subcommand's options need)."""
+
+    def __init__(self, *args, extend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._extend = extend
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._extend is not None:
+            extend, self._extend = self._extend, None
+            extend(self)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):  # argparse prints usage + message and exits; we want one line
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
@@ -704,7 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)")
+    # bench_e2e's own options come with its module (which imports torch) when `bench` is parsed
+    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)",
+                       extend=lambda parser: _load_bench_module("bench_e2e").add_arguments(parser))
     b.add_argument("--op", action="append",
                    choices=("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead",
                             "compiled_loop"),
@@ -735,7 +750,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts-file", metavar="F.jsonl", default=None,
                    help="--e2e --budgets: prompts (JSONL, default bench/prompts.jsonl)")
     b.add_argument("--seed", type=_seed, default=0)
-    _load_bench_module("bench_e2e").add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")

@@ -1,7 +1,8 @@
 """The fused ops as PyTorch operators (``torch.ops.fastalign.*``), so that torch.compile and CUDA graphs
 see them; and the compute code that the eager ops and the operators share.
 
-Operators (registered at ``import fastalign``; schemas in :data:`SCHEMAS`)::
+Operators (registered when this module is imported, which :mod:`fastalign.ops` and so the first use of
+any op or method does; schemas in :data:`SCHEMAS`)::
 
     fastalign::aisp_perturb(Tensor h, Tensor u, Tensor seed, Tensor iteration, Tensor step,
                             Tensor(a!)? udot, Tensor? active, float sigma, str backend) -> Tensor

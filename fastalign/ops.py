@@ -67,7 +67,6 @@ def available_backends(device_type: str | None = None) -> dict[str, str | None]:
     return _backends.availability(device_type)
 
 
-@torch.compiler.assume_constant_result
 def _traced_backend(backend: str | None, device_type: str) -> str:
     """The backend name a traced call records: resolved once, when torch.compile traces (run eagerly by
     Dynamo, so the registry's caches, imports and warnings work as in eager calls)."""
@@ -75,6 +74,12 @@ def _traced_backend(backend: str | None, device_type: str) -> str:
     if name == "triton" and device_type == "cuda":
         _library.triton_ops()  # registers fastalign::*_triton before the graph refers to them
     return name
+
+
+# What ``@torch.compiler.assume_constant_result`` does (it sets this one attribute), without its
+# ``import torch._dynamo`` (about a second, and Triton with it) on every ``import fastalign.ops``:
+# tests/test_library.py checks that the decorator still does exactly this.
+_traced_backend._dynamo_marked_constant = True
 
 
 def _pick(backend: str | None, x, compute_dtype, tracing: bool):
