@@ -11,7 +11,8 @@ Backends: ``torch`` (reference), ``cpu`` (C++/OpenMP/SIMD), ``cuda`` (CUDA C++),
 
 Importing this package costs nothing beyond the standard library (the command line's ``--help`` and
 ``--version`` start at once): the public names below load their modules on first access (PEP 562),
-and ``torch`` comes with the first of them.
+and ``torch`` comes with the first of them. Bad input raises :class:`InputError` (a ``ValueError``)
+or :class:`InputTypeError` (also a ``TypeError``), from :mod:`fastalign.errors`.
 """
 __version__ = "0.1.0"
 
@@ -46,6 +47,8 @@ def _map_kernels_folder() -> None:
 
 
 _map_kernels_folder()
+
+from fastalign.errors import InputError, InputTypeError  # noqa: E402  (stdlib only)
 
 #: public name -> the module that defines it, imported on first access (``import fastalign`` stays light)
 _LAZY = {
@@ -93,6 +96,8 @@ __all__ = [
     "__version__",
     "AlignResult",
     "BackendUnavailableError",
+    "InputError",
+    "InputTypeError",
     "aisp_generate",
     "bon_generate",
     "sea_generate",

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from fastalign import _common, encoding, engine, ops, sampling
+from fastalign.errors import InputError
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
@@ -141,7 +142,7 @@ def control_health(u: torch.Tensor, head_norm: torch.Tensor, weights: torch.Tens
 def resolve_sigma(sigma: float | None, variance: float | None, default: float) -> float:
     """The noise std from ``sigma`` (a std) or ``variance`` (sigma**2); ``default`` (a std) when neither."""
     if sigma is not None and variance is not None:
-        raise ValueError(f"sigma, variance: give the noise scale once, as a std (sigma) or as a variance, "
+        raise InputError(f"sigma, variance: give the noise scale once, as a std (sigma) or as a variance, "
                          f"got sigma={sigma} and variance={variance}")
     if variance is not None:
         return math.sqrt(_common.check_float(variance, "variance", positive=True))
@@ -154,7 +155,7 @@ def resolve_noise(sigma: float | None, variance: float | None, rel_sigma: float 
     if rel_sigma is not None:
         if sigma is not None or variance is not None:
             given = "sigma" if sigma is not None else "variance"
-            raise ValueError(f"rel_sigma, {given}: give the noise scale once, relative to the pre-logits "
+            raise InputError(f"rel_sigma, {given}: give the noise scale once, relative to the pre-logits "
                              f"(rel_sigma) or absolute (sigma or variance)")
         return None, _common.check_float(rel_sigma, "rel_sigma", positive=True)
     if sigma is None and variance is None:
@@ -247,7 +248,7 @@ class AispSettings:
         max_new_tokens = _common.check_int(max_new_tokens, "max_new_tokens")
         tau = max_new_tokens if horizon is None else _common.check_int(horizon, "horizon")
         if tau > max_new_tokens:
-            raise ValueError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
+            raise InputError(f"horizon: expected 1 <= horizon <= max_new_tokens={max_new_tokens}, got {tau}")
         abs_sigma, rel = resolve_noise(sigma, variance, rel_sigma)
         cap = None if control_cap is None else _common.check_float(control_cap, "control_cap", positive=True)
         return cls(n=_common.check_int(n, "n"), iterations=_common.check_int(iterations, "iterations"),

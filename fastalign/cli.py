@@ -14,11 +14,13 @@ Subcommands::
 shared out over the ranks when started by ``torchrun --nproc-per-node N -m fastalign align ...``
 (spell the rollouts option ``-n`` or ``--rollouts`` there: torchrun's own parser rejects ``--n``).
 
-Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
-(an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
-option, a missing optional package, a file that cannot be read or written, a prompt past the model's
-context: :mod:`fastalign._inputs`) gets a one-line message on stderr before any model loads, never a
-traceback; set ``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
+Exit status: 0 success, 1 a check failed (or an internal error), 2 bad input. Bad input (an empty
+prompt, an unknown method or backend, a model path that does not exist, a non-numeric option, a
+missing optional package, a file that cannot be read or written, a prompt past the model's context:
+:mod:`fastalign._inputs`; in code, :class:`fastalign.errors.InputError` and the missing-package,
+missing-model and unavailable-backend errors) gets a one-line message on stderr before any model
+loads, never a traceback (``FASTALIGN_DEBUG=1`` raises it instead). Any other exception is a bug and
+keeps its traceback, exit status 1 (docs/design.md#errors).
 """
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ import time
 from pathlib import Path
 
 from fastalign import _inputs
+from fastalign.errors import InputError
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 METHODS = ("aisp", "sea", "bon")
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line input: reported as one line, exit status 2."""
 
 
@@ -355,6 +358,13 @@ def cmd_bench(args) -> int:
     if args.prompts_file is not None and args.budgets is None:
         raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
     _inputs.check_bench_paths(args)
+    if args.prompts_file is not None:  # its lines too, before the study loads a model (every bad line at once)
+        from fastalign import distributed
+
+        try:
+            distributed.read_prompts(args.prompts_file)
+        except InputError as exc:
+            raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
     if args.e2e and args.budgets is not None:
         return _load_bench_module("bench_study").main_from_args(args)
     if args.e2e:
@@ -384,7 +394,7 @@ def _read_prompts(args) -> list[dict]:
         _inputs.input_file(args.prompts_file, "--prompts-file")
         try:  # every bad line at once, with its number
             return distributed.read_prompts(args.prompts_file)
-        except ValueError as exc:
+        except InputError as exc:
             raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
     if not args.prompt:
         raise UsageError("align: give a PROMPT (or several, or --prompts-file FILE.jsonl)")
@@ -840,8 +850,8 @@ def main(argv=None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, MissingPackageError, ModelNotFoundError, BackendUnavailableError, ValueError,
-            TypeError) as exc:
+    except (InputError, MissingPackageError, ModelNotFoundError, BackendUnavailableError) as exc:
+        # bad input (fastalign.errors: raised by validation only) or a missing package, model or backend
         if os.environ.get("FASTALIGN_DEBUG"):
             raise
         text = str(exc).strip().splitlines()
@@ -852,11 +862,11 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as exc:
-        if os.environ.get("FASTALIGN_DEBUG"):
-            raise
-        text = str(exc).strip().splitlines()
-        _err(f"{type(exc).__name__}: {text[0] if text else ''} (set FASTALIGN_DEBUG=1 for the traceback)")
+    except Exception:  # anything else is a bug (or the environment failing): keep its traceback
+        import traceback
+
+        traceback.print_exc()
+        _err("internal error (the traceback above); exit status 1")
         return 1
 
 

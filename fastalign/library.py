@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 
 from fastalign import backends as _backends
+from fastalign.errors import InputError
 
 __all__ = ["SCHEMAS", "OPS", "importance_weights", "inplace_work", "run_aisp_perturb", "run_aisp_update",
            "run_sea_step", "run_gaussian_perturb", "triton_ops", "sea_norm_dtype"]
@@ -182,11 +183,11 @@ def run_gaussian_perturb(module, x: Tensor, out: Tensor, *, std: float, seed: Te
 def _check_indices(seed: Tensor, counters: dict[str, Tensor], B, device: torch.device) -> None:
     """Metadata of the index tensors an operator takes: seed int64 ``[B]``, counters int64 ``[1]``, on device."""
     if seed.dtype != torch.int64 or seed.dim() != 1 or seed.shape[0] != B or seed.device != device:
-        raise ValueError(f"seed: expected an int64 tensor [B={B}] on {device}, got {seed.dtype} "
+        raise InputError(f"seed: expected an int64 tensor [B={B}] on {device}, got {seed.dtype} "
                          f"{tuple(seed.shape)} on {seed.device}")
     for cname, c in counters.items():
         if c.dtype != torch.int64 or c.numel() != 1 or c.device != device:
-            raise ValueError(f"{cname}: expected an int64 tensor [1] on {device}, got {c.dtype} "
+            raise InputError(f"{cname}: expected an int64 tensor [1] on {device}, got {c.dtype} "
                              f"{tuple(c.shape)} on {c.device}")
 
 

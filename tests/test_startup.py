@@ -89,11 +89,13 @@ def test_the_operators_are_registered_with_the_ops():
 #: (module, attribute): every public path the README (and docs/) names
 PUBLIC_PATHS = [
     ("fastalign", "__version__"), ("fastalign", "AlignResult"), ("fastalign", "BackendUnavailableError"),
+    ("fastalign", "InputError"), ("fastalign", "InputTypeError"),
     ("fastalign", "aisp_generate"), ("fastalign", "bon_generate"), ("fastalign", "sea_generate"),
     ("fastalign", "aisp_perturb"), ("fastalign", "aisp_update"), ("fastalign", "available_backends"),
     ("fastalign", "gaussian_perturb"), ("fastalign", "importance_weights"), ("fastalign", "sea_step"),
     ("fastalign.ops", "aisp_perturb"), ("fastalign.ops", "aisp_update"), ("fastalign.ops", "sea_step"),
     ("fastalign.ops", "gaussian_perturb"), ("fastalign.library", "OPS"), ("fastalign.rng", "normal"),
+    ("fastalign.errors", "InputError"), ("fastalign.errors", "InputTypeError"),
     ("fastalign.models", "load_default"), ("fastalign.rewards", "EmbeddingSimilarityReward"),
     ("fastalign.rewards", "SequenceClassifierReward"), ("fastalign.rewards", "default_encoder_dir"),
     ("fastalign.metrics", None), ("fastalign.hf", "aisp"), ("fastalign.hf", "bon"), ("fastalign.hf", "sea"),
