@@ -33,7 +33,7 @@ Defaults and where each comes from (chosen by ``bench/bench_study.py``; evidence
   before dividing by ``lam``, so the weight temperature is relative to the reward spread and the same
   default works for a cosine reward (spread ~0.05) and a reward model's logits (spread of units). The
   paper's raw form is ``softmax(r / lam - ...)`` with lam=0.3, which with a cosine reward gives
-  near-uniform weights and no learning (DESIGN.md section 6); raw lam=0.02 tied with the normalised form
+  near-uniform weights and no learning (docs/design.md#measured); raw lam=0.02 tied with the normalised form
   on the cosine reward (0.285 vs 0.283) but only fits that reward's scale. ``normalize_rewards=False``
   restores the paper's raw form.
 * ``horizon`` = the whole response: reviewers read the paper as using a shorter control window tau; a

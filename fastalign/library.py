@@ -18,7 +18,7 @@ can be captured in a CUDA graph); ``backend`` is a backend name ("" = ``$FASTALI
 "auto"). ``udot`` (aisp_perturb) and the Adam moments ``m``, ``v`` (sea_step, ``optimizer="adam"``)
 are updated in place; every other tensor is only read, and results are new tensors. ``sea_step``
 returns the gradient norm as its second output, an empty float32 tensor ``[0]`` when ``clip`` is None.
-The math is that of :mod:`fastalign.ops` (DESIGN.md section 2); the operators do no value checks.
+The math is that of :mod:`fastalign.ops` (docs/design.md#ops); the operators do no value checks.
 
 Each operator is opaque to torch.compile (a schema with kernels, no autograd): a fake implementation gives
 the output shapes and dtypes without reading data, and the real implementation, for CPU and CUDA

@@ -1,4 +1,4 @@
-"""Public fused ops of fastalign (DESIGN.md section 2), re-exported from ``fastalign``.
+"""Public fused ops of fastalign (docs/design.md#ops), re-exported from ``fastalign``.
 
 Each op validates its arguments, normalises them (contiguous tensors, seeds as an int64 ``[B]``
 tensor, counters as int64 ``[1]`` tensors, all on the input's device), picks a backend

@@ -1,4 +1,4 @@
-"""The random stream every fastalign backend reproduces (DESIGN.md section 1), in plain torch.
+"""The random stream every fastalign backend reproduces (docs/design.md#random-stream), in plain torch.
 
 ``normal(seed, k)`` for a non-negative int64 seed and logical index ``k``::
 

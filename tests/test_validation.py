@@ -380,7 +380,7 @@ def test_messages_say_what_was_expected_and_received(spy_backend):
 
 
 def test_lr_zero_is_allowed():
-    """DESIGN.md section 5 says lr >= 0: a noise-only step (lr=0) is a valid SEA call."""
+    """docs/design.md#errors says lr >= 0: a noise-only step (lr=0) is a valid SEA call."""
     y = torch.randn(1, 2, 3)
     y_new, _ = fa.sea_step(y, torch.randn(1, 2, 3), lr=0.0, noise_std=0.0, seed=0, step=0, backend="torch")
     assert torch.equal(y_new, y)
