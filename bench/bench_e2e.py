@@ -177,7 +177,8 @@ def make_prompts(count: int, prompt_tokens: int, tokenizer=None) -> list[str]:
     """The first ``count`` fixed prompts; with ``prompt_tokens`` each is prefixed by repeats of
     :data:`CONTEXT` until the prompt is at least that many tokens long."""
     if count > len(PROMPTS):
-        raise ValueError(f"--prompts: at most {len(PROMPTS)} fixed prompts, got {count}")
+        from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+        raise InputError(f"--prompts: at most {len(PROMPTS)} fixed prompts, got {count}")
     prompts = PROMPTS[:count]
     if not prompt_tokens:
         return prompts

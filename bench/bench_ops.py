@@ -353,7 +353,8 @@ def cases(ops=None, quick=False, dtype=torch.float32, preset="cpu") -> list[Case
     storage ``dtype``."""
     es = torch.finfo(dtype).bits // 8
     if preset not in PRESETS:
-        raise ValueError(f"--preset: expected one of {list(PRESETS)}, got {preset!r}")
+        from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+        raise InputError(f"--preset: expected one of {list(PRESETS)}, got {preset!r}")
     if preset == "gpu-roofline" and not quick:
         all_cases = [_sea_step_case(4, 64, 128256, es=es), _aisp_perturb_case(64, 32, 4096, es=es),
                      _aisp_update_case(8, 32, 128, 4096, es=es)]
@@ -455,7 +456,8 @@ def _threads_list(spec) -> list[int]:
         else:
             value = int(part)
             if value < 1:
-                raise ValueError(f"--threads: expected positive integers or 'all', got {part!r}")
+                from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+                raise InputError(f"--threads: expected positive integers or 'all', got {part!r}")
             out.append(value)
     return list(dict.fromkeys(out))
 
@@ -579,13 +581,16 @@ def run(ops=None, providers=None, threads="1,all", *, dtype="float32", quick=Fal
     ops = list(ops) if ops else list(OPS)
     for op in ops:
         if op not in OPS:
-            raise ValueError(f"--op: expected some of {list(OPS)}, got {op!r}")
+            from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+            raise InputError(f"--op: expected some of {list(OPS)}, got {op!r}")
     providers = list(providers) if providers else list(PROVIDERS)
     for p in providers:
         if p not in PROVIDERS:
-            raise ValueError(f"--provider: expected some of {list(PROVIDERS)}, got {p!r}")
+            from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+            raise InputError(f"--provider: expected some of {list(PROVIDERS)}, got {p!r}")
     if dtype not in _DTYPES:
-        raise ValueError(f"--dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
+        from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+        raise InputError(f"--dtype: expected one of {list(_DTYPES)}, got {dtype!r}")
     torch_dtype = _DTYPES[dtype]
     thread_counts = _threads_list(threads) if device.type == "cpu" else [torch.get_num_threads()]
     say = progress or (lambda msg: None)
@@ -706,7 +711,8 @@ def plot(report: dict, path) -> None:
     for r in report["results"]:
         groups.setdefault((r["op"], r["threads"]), []).append(r)
     if not groups:
-        raise ValueError("--plot: no results to plot")
+        from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+        raise InputError("--plot: no results to plot")
     ncols = min(3, len(groups))
     nrows = math.ceil(len(groups) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)

@@ -207,7 +207,8 @@ def run_study(model=None, tokenizer=None, reward=None, prompts=None, *, budgets=
 
     budgets = sorted({int(b) for b in budgets})
     if not budgets or budgets[0] < 1:
-        raise ValueError(f"budgets: expected positive integers, got {budgets}")
+        from fastalign.errors import InputError  # bad input: exit 2 under the CLI
+        raise InputError(f"budgets: expected positive integers, got {budgets}")
     if model is None:
         model, tokenizer = models.load_model()
     if reward is None:

@@ -7,7 +7,12 @@
   :mod:`fastalign.rewards`.
 
 Backends: ``torch`` (reference), ``cpu`` (C++/OpenMP/SIMD), ``cuda`` (CUDA C++), ``triton``;
-``backend=None`` uses ``$FASTALIGN_BACKEND`` or ``"auto"``. See DESIGN.md for the contract.
+``backend=None`` uses ``$FASTALIGN_BACKEND`` or ``"auto"``. The contract: docs/design.md.
+
+Importing this package costs nothing beyond the standard library (the command line's ``--help`` and
+``--version`` start at once): the public names below load their modules on first access (PEP 562),
+and ``torch`` comes with the first of them. Bad input raises :class:`InputError` (a ``ValueError``)
+or :class:`InputTypeError` (also a ``TypeError``), from :mod:`fastalign.errors`.
 """
 __version__ = "0.1.0"
 
@@ -43,24 +48,56 @@ def _map_kernels_folder() -> None:
 
 _map_kernels_folder()
 
-from fastalign.backends import BackendUnavailableError
-from fastalign.ops import (
-    aisp_perturb,
-    aisp_update,
-    available_backends,
-    gaussian_perturb,
-    importance_weights,
-    sea_step,
-)
-from fastalign.results import AlignResult
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
-from fastalign.sea import sea_generate
+from fastalign.errors import InputError, InputTypeError  # noqa: E402  (stdlib only)
+
+#: public name -> the module that defines it, imported on first access (``import fastalign`` stays light)
+_LAZY = {
+    "AlignResult": "fastalign.results",
+    "BackendUnavailableError": "fastalign.backends",
+    "aisp_generate": "fastalign.aisp",
+    "bon_generate": "fastalign.bon",
+    "sea_generate": "fastalign.sea",
+    "aisp_perturb": "fastalign.ops",
+    "aisp_update": "fastalign.ops",
+    "available_backends": "fastalign.ops",
+    "gaussian_perturb": "fastalign.ops",
+    "importance_weights": "fastalign.ops",
+    "sea_step": "fastalign.ops",
+}
+
+
+def __getattr__(name: str):
+    """PEP 562: a public name imports its module once, then is an ordinary attribute. A submodule's name
+    (``fastalign.rewards``, ...) imports that submodule, as an eager ``__init__`` used to make happen."""
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(f"{__name__}.{name}") is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
     "AlignResult",
     "BackendUnavailableError",
+    "InputError",
+    "InputTypeError",
     "aisp_generate",
     "bon_generate",
     "sea_generate",

@@ -12,6 +12,7 @@ import torch
 
 from fastalign import _context, encoding, engine
 from fastalign.encoding import response_texts
+from fastalign.errors import InputError, InputTypeError
 from fastalign.rewards import call_reward
 
 __all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward",
@@ -21,18 +22,18 @@ __all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_back
 
 def check_int(value, name: str, lo: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {value!r}")
+        raise InputError(f"{name}: expected an int >= {lo}, got {value!r}")
     return value
 
 
 def check_float(value, name: str, *, positive=False, lo=None, hi=None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
     value = float(value)
     if positive and value <= 0:
-        raise ValueError(f"{name}: expected a value > 0, got {value}")
+        raise InputError(f"{name}: expected a value > 0, got {value}")
     if lo is not None and value < lo or hi is not None and value > hi:
-        raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value}")
+        raise InputError(f"{name}: expected a value in [{lo}, {hi}], got {value}")
     return value
 
 
@@ -42,7 +43,7 @@ def check_model_and_reward(model, reward, backend) -> torch.device:
     computes (where AISP's control and noise live). Returns the input embeddings' device (where the
     prompts go; another device than the head's when the model is spread by ``device_map``)."""
     if not callable(reward):
-        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
+        raise InputTypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     engine.model_interface(model)
     check_backend(backend, engine.head_device(model))
     return engine.input_device(model)
@@ -52,7 +53,7 @@ def check_backend(backend, device: torch.device) -> None:
     """Resolve the fused-op backend for ``device`` up front, so that an unknown or unavailable backend
     is reported before the model runs (ValueError naming ``backend``, or BackendUnavailableError)."""
     if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
+        raise InputTypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
     from fastalign import backends
 
     backends.resolve(backend, device.type)
@@ -61,7 +62,7 @@ def check_backend(backend, device: torch.device) -> None:
 def check_context(limit, counts: list[int], max_new_tokens: int, *, truncate: bool = False) -> list[int | None]:
     """:func:`fastalign._context.check_prompt_lengths` for the Python API (``truncate`` must be a bool)."""
     if not isinstance(truncate, bool):
-        raise TypeError(f"truncate_prompt: expected True or False, got {type(truncate).__name__}")
+        raise InputTypeError(f"truncate_prompt: expected True or False, got {type(truncate).__name__}")
     return _context.check_prompt_lengths(counts, limit, max_new_tokens, truncate=truncate)
 
 

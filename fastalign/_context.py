@@ -35,6 +35,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from fastalign.errors import InputError
+
 __all__ = ["ContextLimit", "PromptTruncatedWarning", "context_limit", "check_prompt_lengths"]
 
 #: config attributes that hold the longest sequence, in the order they are looked up
@@ -126,16 +128,16 @@ def check_prompt_lengths(counts: list[int], limit: ContextLimit | None, max_new_
     """Whether each prompt of ``counts`` tokens fits ``limit`` with ``max_new_tokens`` new tokens.
 
     Returns, per prompt, None (it fits) or the number of its last tokens to keep (``truncate``); raises
-    ``ValueError`` naming the first prompt that does not fit (``names[i]``, default ``prompts[i]``), its
-    token count, the limit and the fixes (``flags`` renames ``max_new_tokens``/``truncate_prompt``, e.g.
-    for the command line).
+    ``InputError`` (a ``ValueError``) naming the first prompt that does not fit (``names[i]``, default
+    ``prompts[i]``), its token count, the limit and the fixes (``flags`` renames
+    ``max_new_tokens``/``truncate_prompt``, e.g. for the command line).
     """
     flags = {"max_new_tokens": "max_new_tokens", "truncate_prompt": "truncate_prompt=True", **(flags or {})}
     if limit is None:
         return [None] * len(counts)
     budget = limit.tokens - max_new_tokens
     if budget < 1:
-        raise ValueError(f"{flags['max_new_tokens']}: {max_new_tokens} new tokens leave no room for a prompt in "
+        raise InputError(f"{flags['max_new_tokens']}: {max_new_tokens} new tokens leave no room for a prompt in "
                          f"the model's context of {limit.tokens} tokens ({limit.source}); use at most "
                          f"{limit.tokens - 1}")
     keep: list[int | None] = []
@@ -147,7 +149,7 @@ def check_prompt_lengths(counts: list[int], limit: ContextLimit | None, max_new_
             keep.append(budget)
             continue
         name = names[i] if names is not None else f"prompts[{i}]"
-        raise ValueError(
+        raise InputError(
             f"{name}: {count} prompt tokens + {max_new_tokens} new tokens ({flags['max_new_tokens']}) = "
             f"{count + max_new_tokens} exceed the model's context of {limit.tokens} tokens ({limit.source}); "
             f"shorten the prompt to at most {budget} tokens, lower {flags['max_new_tokens']}, or pass "

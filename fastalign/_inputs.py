@@ -1,8 +1,9 @@
 """The command line's checks of its files and prompts, made before any model loads.
 
-Every check raises ``ValueError`` with a one-line message that starts with the option (``--out: ...``)
-and says what to do; ``fastalign`` turns it into ``fastalign: error: ...`` and exit status 2. Nothing
-is left behind: the only file a check creates is a probe in the output folder, removed at once.
+Every check raises :class:`~fastalign.errors.InputError` (a ``ValueError``) with a one-line message
+that starts with the option (``--out: ...``) and says what to do; ``fastalign`` turns it into
+``fastalign: error: ...`` and exit status 2. Nothing is left behind: the only file a check creates
+is a probe in the output folder, removed at once.
 
 * files read (``--prompts-file``): exists, is a regular file (not a folder, a FIFO or a device),
   can be opened for reading.
@@ -22,6 +23,8 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+
+from fastalign.errors import InputError
 
 __all__ = ["input_file", "output_file", "input_folder", "plot_file", "check_bench_paths", "check_align_out",
            "check_align_prompts"]
@@ -43,22 +46,22 @@ def input_file(text: str, flag: str) -> Path:
     """A file the command reads."""
     path = Path(text).expanduser()
     if not text.strip():
-        raise ValueError(f"{flag}: expected a file name, got {text!r}")
+        raise InputError(f"{flag}: expected a file name, got {text!r}")
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise ValueError(f"{flag}: {text!r} does not exist") from None
+        raise InputError(f"{flag}: {text!r} does not exist") from None
     except OSError as exc:
-        raise ValueError(f"{flag}: {text!r} cannot be read ({_why(exc)})") from None
+        raise InputError(f"{flag}: {text!r} cannot be read ({_why(exc)})") from None
     if stat.S_ISDIR(mode):
-        raise ValueError(f"{flag}: {text!r} is a folder; give a file (one JSON object per line)")
+        raise InputError(f"{flag}: {text!r} is a folder; give a file (one JSON object per line)")
     if not stat.S_ISREG(mode):
-        raise ValueError(f"{flag}: {text!r} is not a regular file; give a file (one JSON object per line)")
+        raise InputError(f"{flag}: {text!r} is not a regular file; give a file (one JSON object per line)")
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise ValueError(f"{flag}: {text!r} cannot be read ({_why(exc)})") from None
+        raise InputError(f"{flag}: {text!r} cannot be read ({_why(exc)})") from None
     return path
 
 
@@ -69,26 +72,26 @@ def output_file(text: str, flag: str, example: str, *, replaced: bool = False) -
     non-regular file there (``/dev/null``, a FIFO) would be replaced: refused.
     """
     if not text.strip():
-        raise ValueError(f"{flag}: expected a file name such as {example}, got {text!r}")
+        raise InputError(f"{flag}: expected a file name such as {example}, got {text!r}")
     path = Path(text).expanduser()
     seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
     if text.endswith(seps) or path.is_dir():
-        raise ValueError(f"{flag}: {text!r} names a folder; give a file name, such as {str(path / example)!r}")
+        raise InputError(f"{flag}: {text!r} names a folder; give a file name, such as {str(path / example)!r}")
     folder = path.parent
     try:
         folder_mode = folder.stat().st_mode
     except FileNotFoundError:
-        raise ValueError(f"{flag}: the folder {str(folder)!r} of {text!r} does not exist; create it first "
+        raise InputError(f"{flag}: the folder {str(folder)!r} of {text!r} does not exist; create it first "
                          f"(mkdir -p {folder})") from None
     except NotADirectoryError:
-        raise ValueError(f"{flag}: {str(folder)!r} in {text!r} is not a folder (a part of it is a file)") from None
+        raise InputError(f"{flag}: {str(folder)!r} in {text!r} is not a folder (a part of it is a file)") from None
     except OSError as exc:
-        raise ValueError(f"{flag}: the folder {str(folder)!r} of {text!r} cannot be reached ({_why(exc)})") from None
+        raise InputError(f"{flag}: the folder {str(folder)!r} of {text!r} cannot be reached ({_why(exc)})") from None
     if not stat.S_ISDIR(folder_mode):
-        raise ValueError(f"{flag}: {str(folder)!r} in {text!r} is a file, not a folder")
+        raise InputError(f"{flag}: {str(folder)!r} in {text!r} is a file, not a folder")
     if _exists(path) and not path.is_file():
         if replaced:
-            raise ValueError(f"{flag}: {text!r} exists and is not a regular file; give a file name such as "
+            raise InputError(f"{flag}: {text!r} exists and is not a regular file; give a file name such as "
                              f"{example}")
         return path  # e.g. /dev/null: written in place, nothing to probe
     in_place = _exists(path) and not replaced
@@ -102,7 +105,7 @@ def output_file(text: str, flag: str, example: str, *, replaced: bool = False) -
             os.unlink(probe)
     except OSError as exc:
         what = repr(text) if in_place else f"a file in the folder {str(folder)!r}"
-        raise ValueError(f"{flag}: cannot write {what} ({_why(exc)}); choose a writable location") from None
+        raise InputError(f"{flag}: cannot write {what} ({_why(exc)}); choose a writable location") from None
     return path
 
 
@@ -110,11 +113,11 @@ def input_folder(text: str, flag: str, *, holds: str | None = None) -> Path:
     """A folder the command reads (``holds``: a path inside it that must exist)."""
     path = Path(text).expanduser()
     if not path.exists():
-        raise ValueError(f"{flag}: {text!r} does not exist")
+        raise InputError(f"{flag}: {text!r} does not exist")
     if not path.is_dir():
-        raise ValueError(f"{flag}: {text!r} is a file; give a folder")
+        raise InputError(f"{flag}: {text!r} is a file; give a folder")
     if holds is not None and not (path / holds).exists():
-        raise ValueError(f"{flag}: {text!r} has no {holds}; give the root of a fastalign checkout")
+        raise InputError(f"{flag}: {text!r} has no {holds}; give the root of a fastalign checkout")
     return path
 
 
@@ -128,7 +131,7 @@ def plot_file(text: str, flag: str = "--plot") -> Path:
     ext = Path(text).suffix.lower().lstrip(".")
     if ext not in formats:
         got = f"the extension .{ext}" if ext else "no extension"
-        raise ValueError(f"{flag}: {text!r} has {got}, which matplotlib does not write; give an image file name "
+        raise InputError(f"{flag}: {text!r} has {got}, which matplotlib does not write; give an image file name "
                          "ending in .png (or .pdf, .svg, .jpg)")
     return output_file(text, flag, f"plot.{ext}")
 
@@ -141,10 +144,10 @@ def check_align_out(out: str | None, prompts_file: str | None) -> None:
     path = output_file(out, "--out", "results.jsonl", replaced=True)
     parts = path.with_name(path.name + ".parts")
     if _exists(parts) and not parts.is_dir():
-        raise ValueError(f"--out: {str(parts)!r} (where --out keeps its partial results) is a file; move it away "
+        raise InputError(f"--out: {str(parts)!r} (where --out keeps its partial results) is a file; move it away "
                          "or choose another --out")
     if prompts_file is not None and _exists(path) and os.path.samefile(path, prompts_file):
-        raise ValueError(f"--out: {out!r} is the --prompts-file; give another file (the results would replace "
+        raise InputError(f"--out: {out!r} is the --prompts-file; give another file (the results would replace "
                          "the prompts)")
 
 
@@ -154,7 +157,7 @@ def check_bench_paths(args) -> None:
     if args.e2e and not budgets:
         for flag, value in (("--csv", args.csv), ("--plot", args.plot)):
             if value is not None:
-                raise ValueError(f"{flag}: fastalign bench --e2e writes no {flag[2:]} (its report is printed, "
+                raise InputError(f"{flag}: fastalign bench --e2e writes no {flag[2:]} (its report is printed, "
                                  "--json for JSON); the budget study (--e2e --budgets ...) and the op benchmarks do")
     if args.csv is not None:
         output_file(args.csv, "--csv", "bench.csv")
@@ -162,7 +165,7 @@ def check_bench_paths(args) -> None:
         plot_file(args.plot)
     if args.csv is not None and args.plot is not None and Path(args.csv).expanduser().absolute() == \
             Path(args.plot).expanduser().absolute():
-        raise ValueError(f"--plot: {args.plot!r} is the --csv file too; give two files")
+        raise InputError(f"--plot: {args.plot!r} is the --csv file too; give two files")
     if getattr(args, "prompts_file", None) is not None:
         input_file(args.prompts_file, "--prompts-file")
     if getattr(args, "compare_with", None) is not None:

@@ -1,7 +1,8 @@
 """Argument validation shared by the public ops and algorithms.
 
-Every check raises ``ValueError`` (bad value or shape) or ``TypeError`` (bad type/dtype) with a
-message naming the argument, what was expected and what was received.
+Every check raises :class:`~fastalign.errors.InputError` (a ``ValueError``: bad value or shape) or
+:class:`~fastalign.errors.InputTypeError` (also a ``TypeError``: bad type/dtype) with a message naming
+the argument, what was expected and what was received.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import math
 import numbers
 
 import torch
+
+from fastalign.errors import InputError, InputTypeError
 
 INT64_MAX = 2**63 - 1
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -22,27 +25,27 @@ def check_tensor(x, name: str, *, ndim: int | None = None, float_storage: bool =
                  allow_float64: bool = False, device: torch.device | None = None) -> torch.Tensor:
     """A floating-point storage tensor of the given rank (on ``device`` if given)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if ndim is not None and x.dim() != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {_shape(x)}")
+        raise InputError(f"{name}: expected a {ndim}-D tensor, got shape {_shape(x)}")
     if float_storage and x.dtype not in STORAGE_DTYPES and not (allow_float64 and x.dtype == torch.float64):
         allowed = STORAGE_DTYPES + ((torch.float64,) if allow_float64 else ())
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name}: expected dtype in ({names}), got {x.dtype}")
+        raise InputTypeError(f"{name}: expected dtype in ({names}), got {x.dtype}")
     if device is not None and x.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {x.device}")
+        raise InputError(f"{name}: expected a tensor on {device}, got one on {x.device}")
     return x
 
 
 def check_same_shape(x: torch.Tensor, name: str, shape: tuple[int, ...], what: str) -> None:
     if _shape(x) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)} ({what}), got {_shape(x)}")
+        raise InputError(f"{name}: expected shape {tuple(shape)} ({what}), got {_shape(x)}")
 
 
 def check_nonempty(name: str, **dims: int) -> None:
     for dim, size in dims.items():
         if size == 0:
-            raise ValueError(f"{name}: expected {dim} >= 1, got an empty tensor ({dim}=0)")
+            raise InputError(f"{name}: expected {dim} >= 1, got an empty tensor ({dim}=0)")
 
 
 def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = False,
@@ -55,19 +58,19 @@ def check_real(value, name: str, *, positive: bool = False, nonnegative: bool = 
             return v
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"{name}: expected a number, got a tensor of shape {_shape(value)}")
+            raise InputTypeError(f"{name}: expected a number, got a tensor of shape {_shape(value)}")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+        raise InputTypeError(f"{name}: expected a real number, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"{name}: expected a finite number, got {v}")
+        raise InputError(f"{name}: expected a finite number, got {v}")
     if positive and not v > 0:
-        raise ValueError(f"{name}: expected a number > 0, got {v}")
+        raise InputError(f"{name}: expected a number > 0, got {v}")
     if nonnegative and not v >= 0:
-        raise ValueError(f"{name}: expected a number >= 0, got {v}")
+        raise InputError(f"{name}: expected a number >= 0, got {v}")
     if lo is not None and v < lo or hi is not None and v > hi:
-        raise ValueError(f"{name}: expected a number in [{lo}, {hi}], got {v}")
+        raise InputError(f"{name}: expected a number in [{lo}, {hi}], got {v}")
     return v
 
 
@@ -78,10 +81,10 @@ def _capturing(device: torch.device) -> bool:
 def _check_index_tensor(t: torch.Tensor, name: str, device: torch.device) -> None:
     """An integer tensor (seed/counter) must live on ``device`` or on the CPU (copied over)."""
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name}: expected an int or an integer tensor, got a {t.dtype} tensor")
+        raise InputTypeError(f"{name}: expected an int or an integer tensor, got a {t.dtype} tensor")
     if t.device != device and t.device.type != "cpu":
         alt = "" if device.type == "cpu" else " (or on the cpu)"
-        raise ValueError(f"{name}: expected a tensor on {device}{alt}, got one on {t.device}")
+        raise InputError(f"{name}: expected a tensor on {device}{alt}, got one on {t.device}")
 
 
 def _as_int64_checked(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -89,7 +92,7 @@ def _as_int64_checked(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.dtype == torch.uint64:
         wrapped = t.to(torch.int64)
         if t.numel() and bool((wrapped < 0).any()):
-            raise ValueError(f"{name}: expected values < 2**63, got a uint64 value >= 2**63")
+            raise InputError(f"{name}: expected values < 2**63, got a uint64 value >= 2**63")
         return wrapped
     return t.to(torch.int64)
 
@@ -141,11 +144,11 @@ def seeds_tensor(seed, B: int, device: torch.device) -> torch.Tensor:
         _check_index_tensor(seed, "seed", device)
     if isinstance(seed, torch.Tensor) and seed.dim() > 0:
         if seed.dim() != 1 or seed.shape[0] != B:
-            raise ValueError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
+            raise InputError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
         if _reads_back(seed):
             seed = _as_int64_checked(seed, "seed")
             if B > 0 and bool((seed < 0).any()):
-                raise ValueError(f"seed: expected seeds >= 0, got min {int(seed.min())}")
+                raise InputError(f"seed: expected seeds >= 0, got min {int(seed.min())}")
         elif seed.dtype != torch.int64:
             seed = seed.to(torch.int64)
         return seed.to(device=device).contiguous()
@@ -154,10 +157,10 @@ def seeds_tensor(seed, B: int, device: torch.device) -> torch.Tensor:
             return seed.reshape(1).to(torch.int64) + torch.arange(B, dtype=torch.int64, device=device)
         seed = int(seed.item())
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
+        raise InputTypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
     seed = int(seed)
     if seed < 0 or seed + max(B - 1, 0) > INT64_MAX:
-        raise ValueError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
+        raise InputError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
     key = (seed, B, device)
     cached = _seed_cache.get(key)
     if cached is not None:
@@ -180,23 +183,23 @@ def counter_tensor(value, name: str, device: torch.device) -> tuple[torch.Tensor
     if isinstance(value, torch.Tensor):
         _check_index_tensor(value, name, device)
         if value.numel() != 1:
-            raise ValueError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
+            raise InputError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
         known = int(value.reshape(-1)[0].item()) if _reads_back(value) else None
         if known is not None and known > INT64_MAX:
-            raise ValueError(f"{name}: expected a value < 2**63, got {known}")
+            raise InputError(f"{name}: expected a value < 2**63, got {known}")
         t = value.reshape(1)
         if t.dtype != torch.int64:
             t = t.to(torch.int64)
         t = t.to(device=device)
     else:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+            raise InputTypeError(f"{name}: expected an int, got {type(value).__name__}")
         known = int(value)
         if known > INT64_MAX:
-            raise ValueError(f"{name}: expected a value < 2**63, got {known}")
+            raise InputError(f"{name}: expected a value < 2**63, got {known}")
         t = None
     if known is not None and known < 0:
-        raise ValueError(f"{name}: expected a value >= 0, got {known}")
+        raise InputError(f"{name}: expected a value >= 0, got {known}")
     if t is None:
         t = _counter_view(known, device)
         if t is None:
@@ -213,12 +216,12 @@ def traced_seeds(seed, B, device: torch.device) -> torch.Tensor:
             return seed.reshape(1).to(device=device, dtype=torch.int64) + \
                 torch.arange(B, dtype=torch.int64, device=device)
         if seed.dim() != 1 or seed.shape[0] != B:
-            raise ValueError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
+            raise InputError(f"seed: expected an int or a [B] = [{B}] tensor, got shape {_shape(seed)}")
         return seed.to(device=device, dtype=torch.int64).contiguous()
     if isinstance(seed, bool) or not isinstance(seed, (int, torch.SymInt)):
-        raise TypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
+        raise InputTypeError(f"seed: expected an int or an int64 tensor, got {type(seed).__name__}")
     if type(seed) is int and type(B) is int and (seed < 0 or seed + max(B - 1, 0) > INT64_MAX):
-        raise ValueError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
+        raise InputError(f"seed: expected 0 <= seed and seed + B - 1 < 2**63, got seed={seed}, B={B}")
     return torch.arange(B, dtype=torch.int64, device=device) + seed
 
 
@@ -228,32 +231,32 @@ def traced_counter(value, name: str, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         _check_index_tensor(value, name, device)
         if value.numel() != 1:
-            raise ValueError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
+            raise InputError(f"{name}: expected a single value, got a tensor of shape {_shape(value)}")
         return value.reshape(1).to(device=device, dtype=torch.int64)
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+        raise InputTypeError(f"{name}: expected an int, got {type(value).__name__}")
     if type(value) is int and not 0 <= value <= INT64_MAX:
-        raise ValueError(f"{name}: expected a value in [0, 2**63), got {value}")
+        raise InputError(f"{name}: expected a value in [0, 2**63), got {value}")
     return torch.full((1,), value, dtype=torch.int64, device=device)
 
 
 def check_reward_values(rewards: torch.Tensor) -> None:
     """AISP rewards: no NaN, no +inf, and not every reward of a prompt -inf (reads the values)."""
     if bool(torch.isnan(rewards).any()):
-        raise ValueError("rewards: expected no NaN values, got NaN")
+        raise InputError("rewards: expected no NaN values, got NaN")
     if bool(torch.isposinf(rewards).any()):
-        raise ValueError("rewards: expected finite values or -inf, got +inf")
+        raise InputError("rewards: expected finite values or -inf, got +inf")
     all_neginf = torch.isneginf(rewards).all(dim=1)
     if bool(all_neginf.any()):
         bad = all_neginf.nonzero().flatten().tolist()
-        raise ValueError(f"rewards: every reward of prompt(s) {bad} is -inf, so no rollout can be weighted")
+        raise InputError(f"rewards: every reward of prompt(s) {bad} is -inf, so no rollout can be weighted")
 
 
 def check_length_values(lengths: torch.Tensor, tau: int) -> None:
     """AISP rollout lengths in [0, tau] (reads the values)."""
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 0 or hi > tau:
-        raise ValueError(f"lengths: expected values in [0, tau={tau}], got min {lo}, max {hi}")
+        raise InputError(f"lengths: expected values in [0, tau={tau}], got min {lo}, max {hi}")
 
 
 def check_offsets(name: str, last_offset_plus_one: int | None) -> None:
@@ -264,7 +267,7 @@ def check_offsets(name: str, last_offset_plus_one: int | None) -> None:
     exactly the same counters.
     """
     if last_offset_plus_one is not None and last_offset_plus_one > INT64_MAX:
-        raise ValueError(
+        raise InputError(
             f"{name}: the noise offsets of this call reach {last_offset_plus_one - 1}, which overflows "
             f"int64 (offsets and their end must stay <= {INT64_MAX}); use a smaller step/iteration or a new seed"
         )
@@ -310,13 +313,13 @@ def has_internal_overlap(t: torch.Tensor) -> bool:
 def check_writable(x: torch.Tensor, name: str, inputs: dict[str, torch.Tensor | None]) -> None:
     """A tensor the op writes into: no element may alias another, and it must not overlap an input."""
     if has_internal_overlap(x):
-        raise ValueError(
+        raise InputError(
             f"{name}: expected a tensor whose elements do not share memory, got shape {_shape(x)} with "
             f"strides {tuple(x.stride())} (an expanded view?); pass a contiguous tensor"
         )
     for in_name, t in inputs.items():
         if t is not None and (t is x or overlaps(x, t)):
-            raise ValueError(f"{name}: must not overlap input {in_name!r}")
+            raise InputError(f"{name}: must not overlap input {in_name!r}")
 
 
 def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
@@ -324,24 +327,24 @@ def check_out(out, name: str, shape, dtype: torch.dtype, device: torch.device,
     """``out=``: a tensor of the result's shape, dtype and device that no input overlaps (``inputs``
     None skips the overlap check, which reads addresses: while torch.compile traces)."""
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(out).__name__}")
+        raise InputTypeError(f"{name}: expected a torch.Tensor, got {type(out).__name__}")
     if _shape(out) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {_shape(out)}")
+        raise InputError(f"{name}: expected shape {tuple(shape)}, got {_shape(out)}")
     if out.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
+        raise InputTypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
     if out.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {out.device}")
+        raise InputError(f"{name}: expected a tensor on {device}, got one on {out.device}")
     if inputs is not None:
         check_writable(out, name, inputs)
 
 
 def check_state_tensor(x, name: str, shape, device: torch.device, dtypes=(torch.float32,)) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in dtypes:
-        raise TypeError(f"{name}: expected dtype {' or '.join(map(str, dtypes))}, got {x.dtype}")
+        raise InputTypeError(f"{name}: expected dtype {' or '.join(map(str, dtypes))}, got {x.dtype}")
     if _shape(x) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {_shape(x)}")
+        raise InputError(f"{name}: expected shape {tuple(shape)}, got {_shape(x)}")
     if x.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device}, got one on {x.device}")
+        raise InputError(f"{name}: expected a tensor on {device}, got one on {x.device}")
     return x

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fastalign import _common, encoding, engine, sampling
+from fastalign.errors import InputError
 from fastalign.results import BestSoFar, fmt
 from fastalign.rewards import call_reward
 
@@ -42,7 +43,7 @@ class BonSettings:
               kl_coef=0.0) -> "BonSettings":
         top_p = _common.check_float(top_p, "top_p", lo=0.0, hi=1.0)
         if top_p == 0.0:
-            raise ValueError("top_p: expected a value in (0, 1], got 0.0")
+            raise InputError("top_p: expected a value in (0, 1], got 0.0")
         return cls(n=_common.check_int(n, "n"),
                    temperature=_common.check_float(temperature, "temperature", lo=0.0, hi=math.inf),
                    top_p=top_p, top_k=_common.check_int(top_k or 0, "top_k", lo=0), seed=seed,

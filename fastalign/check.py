@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from fastalign.errors import InputError
+
 __all__ = ["CheckRow", "Case", "cases", "run_checks", "format_table", "tolerance_ok", "main"]
 
 _FP32_ATOL = 1e-5
@@ -274,7 +276,7 @@ def run_checks(backend: str | None = None, *, quick: bool = False,
     from fastalign import backends as registry
 
     if backend is not None and backend not in registry.names():
-        raise ValueError(f"--backend: expected one of {registry.names()}, got {backend!r}")
+        raise InputError(f"--backend: expected one of {registry.names()}, got {backend!r}")
     targets = _targets(backend)
     if backend is not None and not targets:
         reason = registry.availability().get(backend)

@@ -14,11 +14,13 @@ Subcommands::
 shared out over the ranks when started by ``torchrun --nproc-per-node N -m fastalign align ...``
 (spell the rollouts option ``-n`` or ``--rollouts`` there: torchrun's own parser rejects ``--n``).
 
-Exit status: 0 success, 1 a check failed (or an unexpected internal error), 2 bad input. Bad input
-(an empty prompt, an unknown method or backend, a model path that does not exist, a non-numeric
-option, a missing optional package, a file that cannot be read or written, a prompt past the model's
-context: :mod:`fastalign._inputs`) gets a one-line message on stderr before any model loads, never a
-traceback; set ``FASTALIGN_DEBUG=1`` to see tracebacks of internal errors.
+Exit status: 0 success, 1 a check failed (or an internal error), 2 bad input. Bad input (an empty
+prompt, an unknown method or backend, a model path that does not exist, a non-numeric option, a
+missing optional package, a file that cannot be read or written, a prompt past the model's context:
+:mod:`fastalign._inputs`; in code, :class:`fastalign.errors.InputError` and the missing-package,
+missing-model and unavailable-backend errors) gets a one-line message on stderr before any model
+loads, never a traceback (``FASTALIGN_DEBUG=1`` raises it instead). Any other exception is a bug and
+keeps its traceback, exit status 1 (docs/design.md#errors).
 """
 from __future__ import annotations
 
@@ -34,17 +36,31 @@ import time
 from pathlib import Path
 
 from fastalign import _inputs
+from fastalign.errors import InputError
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 METHODS = ("aisp", "sea", "bon")
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line input: reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; ``extend(parser)``, if given, adds arguments the first time this parser parses
+    (so ``fastalign --help`` never imports what only one subcommand's options need)."""
+
+    def __init__(self, *args, extend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._extend = extend
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._extend is not None:
+            extend, self._extend = self._extend, None
+            extend(self)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):  # argparse prints usage + message and exits; we want one line
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
@@ -342,6 +358,13 @@ def cmd_bench(args) -> int:
     if args.prompts_file is not None and args.budgets is None:
         raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
     _inputs.check_bench_paths(args)
+    if args.prompts_file is not None:  # its lines too, before the study loads a model (every bad line at once)
+        from fastalign import distributed
+
+        try:
+            distributed.read_prompts(args.prompts_file)
+        except InputError as exc:
+            raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
     if args.e2e and args.budgets is not None:
         return _load_bench_module("bench_study").main_from_args(args)
     if args.e2e:
@@ -371,7 +394,7 @@ def _read_prompts(args) -> list[dict]:
         _inputs.input_file(args.prompts_file, "--prompts-file")
         try:  # every bad line at once, with its number
             return distributed.read_prompts(args.prompts_file)
-        except ValueError as exc:
+        except InputError as exc:
             raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
     if not args.prompt:
         raise UsageError("align: give a PROMPT (or several, or --prompts-file FILE.jsonl)")
@@ -708,7 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)")
+    # bench_e2e's own options come with its module (which imports torch) when `bench` is parsed
+    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)",
+                       extend=lambda parser: _load_bench_module("bench_e2e").add_arguments(parser))
     b.add_argument("--op", action="append",
                    choices=("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead",
                             "compiled_loop"),
@@ -739,7 +764,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts-file", metavar="F.jsonl", default=None,
                    help="--e2e --budgets: prompts (JSONL, default bench/prompts.jsonl)")
     b.add_argument("--seed", type=_seed, default=0)
-    _load_bench_module("bench_e2e").add_arguments(b)
     b.set_defaults(func=cmd_bench)
 
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
@@ -830,8 +854,8 @@ def main(argv=None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, MissingPackageError, ModelNotFoundError, BackendUnavailableError, ValueError,
-            TypeError) as exc:
+    except (InputError, MissingPackageError, ModelNotFoundError, BackendUnavailableError) as exc:
+        # bad input (fastalign.errors: raised by validation only) or a missing package, model or backend
         if os.environ.get("FASTALIGN_DEBUG"):
             raise
         text = str(exc).strip().splitlines()
@@ -842,11 +866,11 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except Exception as exc:
-        if os.environ.get("FASTALIGN_DEBUG"):
-            raise
-        text = str(exc).strip().splitlines()
-        _err(f"{type(exc).__name__}: {text[0] if text else ''} (set FASTALIGN_DEBUG=1 for the traceback)")
+    except Exception:  # anything else is a bug (or the environment failing): keep its traceback
+        import traceback
+
+        traceback.print_exc()
+        _err("internal error (the traceback above); exit status 1")
         return 1
 
 

@@ -54,6 +54,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from fastalign.errors import InputError, InputTypeError
+
 __all__ = ["Dist", "BadPromptsFile", "init", "close", "read_prompts", "make_batches", "model_placement",
            "parts_dir", "align_file", "format_summary"]
 
@@ -86,7 +88,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"${name}: expected an integer, got {text!r}") from None
+        raise InputError(f"${name}: expected an integer, got {text!r}") from None
 
 
 def init(device=None, *, timeout: datetime.timedelta = datetime.timedelta(minutes=30)) -> Dist:
@@ -101,12 +103,12 @@ def init(device=None, *, timeout: datetime.timedelta = datetime.timedelta(minute
     local_rank = _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", 1 if world == 1 else world)
     if world < 1 or not 0 <= rank < world or not 0 <= local_rank < max(local_world, 1):
-        raise ValueError(f"$RANK/$WORLD_SIZE/$LOCAL_RANK: expected 0 <= RANK < WORLD_SIZE and "
+        raise InputError(f"$RANK/$WORLD_SIZE/$LOCAL_RANK: expected 0 <= RANK < WORLD_SIZE and "
                          f"0 <= LOCAL_RANK < LOCAL_WORLD_SIZE, got {rank}/{world}/{local_rank} of {local_world}")
     if device is None:
         if torch.cuda.is_available():
             if local_rank >= torch.cuda.device_count():
-                raise ValueError(f"$LOCAL_RANK: rank {local_rank} of this node has no GPU of its own "
+                raise InputError(f"$LOCAL_RANK: rank {local_rank} of this node has no GPU of its own "
                                  f"({torch.cuda.device_count()} visible); start at most that many processes per node")
             device = torch.device("cuda", local_rank)
         else:
@@ -124,7 +126,7 @@ def init(device=None, *, timeout: datetime.timedelta = datetime.timedelta(minute
         dist.init_process_group(backend=backend, timeout=timeout)
         owns = True
     if (dist.get_rank(), dist.get_world_size()) != (rank, world):
-        raise ValueError(f"the process group is rank {dist.get_rank()} of {dist.get_world_size()}, but "
+        raise InputError(f"the process group is rank {dist.get_rank()} of {dist.get_world_size()}, but "
                          f"$RANK/$WORLD_SIZE say {rank} of {world}")
     group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     return Dist(rank, world, local_rank, local_world, device, group, owns)
@@ -162,7 +164,7 @@ def model_placement(d: Dist, device_map: str | None = None) -> dict:
     gpus = torch.cuda.device_count()
     per_rank = gpus // d.local_world_size
     if per_rank == 0:
-        raise ValueError(f"device_map: {d.local_world_size} processes on this node share {gpus} GPUs, fewer "
+        raise InputError(f"device_map: {d.local_world_size} processes on this node share {gpus} GPUs, fewer "
                          "than one each; start at most one process per GPU")
     import psutil
 
@@ -173,7 +175,7 @@ def model_placement(d: Dist, device_map: str | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------------- the input
-class BadPromptsFile(ValueError):
+class BadPromptsFile(InputError):
     """Lines of a prompts file that are not prompts; ``bad_lines`` lists ``(line number, reason)``."""
 
     def __init__(self, path, bad_lines: Sequence[tuple[int, str]]):
@@ -223,7 +225,7 @@ def read_prompts(path) -> list[dict]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompts_file: {str(path)!r} does not exist")
+        raise InputError(f"prompts_file: {str(path)!r} does not exist")
     items, bad = [], []
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
         item, why = _check_line(raw, lineno == 1)
@@ -234,7 +236,7 @@ def read_prompts(path) -> list[dict]:
     if bad:
         raise BadPromptsFile(path, bad)
     if not items:
-        raise ValueError(f"prompts_file: {str(path)!r} holds no prompts")
+        raise InputError(f"prompts_file: {str(path)!r} holds no prompts")
     return items
 
 
@@ -246,7 +248,7 @@ def make_batches(items: Sequence[dict], batch_size: int, key: Callable[[dict], o
     """Index lists of consecutive prompts with equal ``key(item)`` (default: the item's ``"target"``),
     at most ``batch_size`` each: e.g. ``[[0, 1], [2], [3, 4]]``. They depend only on the input."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        raise InputError(f"batch_size: expected an int >= 1, got {batch_size!r}")
     key = key or _target
     batches: list[list[int]] = []
     last = object()
@@ -635,13 +637,13 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
     """
     t0 = time.perf_counter()
     if not callable(align_batch):
-        raise TypeError(f"align_batch: expected a callable, got {type(align_batch).__name__}")
+        raise InputTypeError(f"align_batch: expected a callable, got {type(align_batch).__name__}")
     items = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-            raise ValueError(f"prompts[{i}]: expected a dict with a \"prompt\" string, got {item!r:.60}")
+            raise InputError(f"prompts[{i}]: expected a dict with a \"prompt\" string, got {item!r:.60}")
     if not items:
-        raise ValueError("prompts: expected at least one prompt, got none")
+        raise InputError("prompts: expected at least one prompt, got none")
     from fastalign import _inputs
 
     out = _inputs.output_file(os.fspath(out), "out", "results.jsonl", replaced=True)  # before any work
@@ -681,7 +683,7 @@ def _align_file(d: Dist, items, batches, out: Path, align_batch, prepare, settin
     try:
         plan = _broadcast(d, plan)
         if plan["error"]:
-            raise ValueError(f"out: {plan['error']}")
+            raise InputError(f"out: {plan['error']}")
         return _run_and_merge(d, items, batches, out, folder, plan, align_batch, prepare, progress, t0)
     finally:
         if lock is not None:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from fastalign.errors import InputError, InputTypeError
+
 __all__ = ["check_prompts", "prompt_token_ids", "left_pad", "encode_prompts", "truncate_prompt", "eos_token_ids", "pad_token_id", "response_texts"]
 
 
@@ -14,10 +16,10 @@ def check_prompts(prompts) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, Sequence) or len(prompts) == 0:
-        raise ValueError(f"prompts: expected a string or a non-empty list of strings, got {prompts!r}")
+        raise InputError(f"prompts: expected a string or a non-empty list of strings, got {prompts!r}")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
+            raise InputTypeError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
     return list(prompts)
 
 
@@ -26,7 +28,7 @@ def _uses_chat_template(tokenizer, chat_template: bool | None) -> bool:
     if chat_template is None:
         return has
     if chat_template and not has:
-        raise ValueError("chat_template: True needs a tokenizer with a chat template, this one has none")
+        raise InputError("chat_template: True needs a tokenizer with a chat template, this one has none")
     return bool(chat_template)
 
 
@@ -67,7 +69,7 @@ def prompt_token_ids(tokenizer, prompts: list[str], *, chat_template: bool | Non
     for p in prompts:
         ids = _prompt_ids(tokenizer, p, use_chat)
         if len(ids) == 0:
-            raise ValueError(f"prompts: the prompt {p!r} tokenises to no tokens")
+            raise InputError(f"prompts: the prompt {p!r} tokenises to no tokens")
         rows.append(ids)
     return rows
 
@@ -118,7 +120,7 @@ def truncate_prompt(tokenizer, prompt: str, max_tokens: int, *, chat_template: b
         if ids and len(ids) <= max_tokens:
             return text, ids
         drop += max(1, len(ids) - max_tokens)
-    raise ValueError(f"truncate_prompt: the chat template alone takes more than the {max_tokens} tokens left for "
+    raise InputError(f"truncate_prompt: the chat template alone takes more than the {max_tokens} tokens left for "
                      "the prompt; lower max_new_tokens")
 
 

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from fastalign.errors import InputError
+
 __all__ = [
     "CompiledStep",
     "ModelInterface",
@@ -47,7 +49,7 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     if not isinstance(head, torch.nn.Module):
-        raise ValueError(
+        raise InputError(
             f"model: expected a causal LM with an output projection (model.get_output_embeddings() "
             f"returning a module, e.g. AutoModelForCausalLM), got {type(model).__name__} whose "
             f"get_output_embeddings() returns {type(head).__name__}"
@@ -86,9 +88,9 @@ def input_embedding(model: torch.nn.Module) -> tuple[torch.Tensor, float]:
     ``(probs @ E) * scale`` is the soft counterpart of ``embed(ids)``."""
     emb = model.get_input_embeddings()
     if emb is None or not hasattr(emb, "weight"):
-        raise ValueError(f"model: {type(model).__name__} has no input embedding matrix")
+        raise InputError(f"model: {type(model).__name__} has no input embedding matrix")
     if emb.weight.is_meta:
-        raise ValueError("model: the input embedding matrix is offloaded (its weight is on 'meta'); soft tokens "
+        raise InputError("model: the input embedding matrix is offloaded (its weight is on 'meta'); soft tokens "
                          "need it in device memory: load with a device_map that keeps the embeddings on a device")
     scale = getattr(emb, "embed_scale", None)
     if isinstance(scale, torch.Tensor):
@@ -215,20 +217,20 @@ def model_interface(model) -> ModelInterface:
     name = type(model).__name__
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"model: {name} is an encoder-decoder model; fastalign decodes causal LMs "
+        raise InputError(f"model: {name} is an encoder-decoder model; fastalign decodes causal LMs "
                          "(AutoModelForCausalLM, decoder-only)")
     output_head(model)
     can_generate = getattr(model, "can_generate", None)
     if callable(can_generate) and not can_generate():
-        raise ValueError(f"model: {name} cannot generate text (model.can_generate() is False); fastalign "
+        raise InputError(f"model: {name} cannot generate text (model.can_generate() is False); fastalign "
                          "decodes causal LMs (AutoModelForCausalLM), not masked LMs or encoders")
     params = _forward_params(model)
     cache_kwarg = next((k for k in CACHE_KWARGS if k in params), None)
     if cache_kwarg is None:
-        raise ValueError(f"model: {name}.forward takes no cache argument (none of {', '.join(CACHE_KWARGS)}), "
+        raise InputError(f"model: {name}.forward takes no cache argument (none of {', '.join(CACHE_KWARGS)}), "
                          "so it cannot decode incrementally")
     if not _returns_a_cache(model):
-        raise ValueError(f"model: {name}.forward returns no cache (its state lives inside its modules), so "
+        raise InputError(f"model: {name}.forward returns no cache (its state lives inside its modules), so "
                          "its prompt state cannot be forked to several rollouts")
     return ModelInterface(cache_kwarg=cache_kwarg, position_ids="position_ids" in params,
                           logits_to_keep="logits_to_keep" in params, mask_on_decode=not _purely_recurrent(model))
@@ -303,7 +305,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
         out = model(**kwargs)
     cache = _returned_cache(out, api)
     if cache is None:
-        raise ValueError(f"model: {type(model).__name__} returned no cache from a forward with use_cache=True, "
+        raise InputError(f"model: {type(model).__name__} returned no cache from a forward with use_cache=True, "
                          "so it cannot decode incrementally")
     return PromptCache(input_ids, mask, cache, norms[-1] if norms else None)
 
@@ -356,7 +358,7 @@ def fork_cache(cache, rows: int, repeats: int):
         return forked
     reorder = getattr(forked, "reorder_cache", None)
     if not callable(reorder):
-        raise ValueError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
+        raise InputError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
                          "(it has no reorder_cache)")
     reorder(torch.arange(rows).repeat_interleave(repeats))
     return forked
@@ -650,7 +652,7 @@ class CompiledStep:
         config = model.config.get_text_config(decoder=True)
         self.prompt_static = StaticCache(config=config, max_cache_len=P + max_new_tokens)
         if P < 2:
-            raise ValueError("compile: the compiled step needs prompts of at least 2 tokens (a static cache is "
+            raise InputError("compile: the compiled step needs prompts of at least 2 tokens (a static cache is "
                              "filled by the prefill of all but the last one)")
         self._prefill(prompt_cache)
         self.cache = fork_cache(self.prompt_static, B, repeats)

@@ -48,6 +48,7 @@ from fastalign import _common, engine
 from fastalign import aisp as _aisp
 from fastalign import bon as _bon
 from fastalign import sea as _sea
+from fastalign.errors import InputError, InputTypeError
 
 __all__ = ["aisp", "bon", "sea", "generate", "hub_dir"]
 
@@ -81,30 +82,30 @@ def _check_supported(generation_config, logits_processor, stopping_criteria, mod
                      streamer=None, assistant_model=None) -> None:
     gc = generation_config
     if streamer is not None:
-        raise ValueError("streamer: fastalign returns the best of many rollouts at the end, so it cannot stream")
+        raise InputError("streamer: fastalign returns the best of many rollouts at the end, so it cannot stream")
     if assistant_model is not None:
-        raise ValueError("assistant_model: assisted (speculative) generation is not supported by fastalign")
+        raise InputError("assistant_model: assisted (speculative) generation is not supported by fastalign")
     if getattr(gc, "num_beams", 1) not in (None, 1) or getattr(gc, "num_beam_groups", 1) not in (None, 1):
-        raise ValueError("num_beams: beam search is not supported by fastalign's methods (use num_beams=1)")
+        raise InputError("num_beams: beam search is not supported by fastalign's methods (use num_beams=1)")
     if getattr(gc, "num_return_sequences", 1) not in (None, 1):
-        raise ValueError("num_return_sequences: fastalign returns the best candidate per prompt (use 1)")
+        raise InputError("num_return_sequences: fastalign returns the best candidate per prompt (use 1)")
     if getattr(gc, "return_dict_in_generate", False):
-        raise ValueError("return_dict_in_generate: fastalign returns token ids only (see AlignResult for the "
+        raise InputError("return_dict_in_generate: fastalign returns token ids only (see AlignResult for the "
                          "rewards and traces: fastalign.aisp_generate and friends)")
     if not sampling and getattr(gc, "do_sample", False):
-        raise ValueError("do_sample: AISP decodes greedily around its learned control (pass do_sample=False), "
+        raise InputError("do_sample: AISP decodes greedily around its learned control (pass do_sample=False), "
                          "or use fastalign.hf.bon for Best-of-N sampling")
     allowed = _SAMPLING_WARPERS if sampling else set()
     extra = [type(p).__name__ for p in (logits_processor or []) if type(p).__name__ not in allowed]
     if extra:
-        raise ValueError(f"logits_processor: fastalign does not apply {', '.join(extra)} (from the generation "
+        raise InputError(f"logits_processor: fastalign does not apply {', '.join(extra)} (from the generation "
                          "config or the call); remove them")
     extra = [type(c).__name__ for c in (stopping_criteria or []) if type(c).__name__ not in _STOPPING]
     if extra:
-        raise ValueError(f"stopping_criteria: fastalign stops at EOS and max_new_tokens only, not {', '.join(extra)}")
+        raise InputError(f"stopping_criteria: fastalign stops at EOS and max_new_tokens only, not {', '.join(extra)}")
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _ENGINE_KWARGS)
     if extra:
-        raise ValueError(f"{', '.join(extra)}: fastalign's methods take input_ids and attention_mask only")
+        raise InputError(f"{', '.join(extra)}: fastalign's methods take input_ids and attention_mask only")
 
 
 def _max_new_tokens(generation_config, prompt_len: int) -> int:
@@ -113,7 +114,7 @@ def _max_new_tokens(generation_config, prompt_len: int) -> int:
         return int(gc.max_new_tokens)
     if getattr(gc, "max_length", None) is not None and gc.max_length > prompt_len:
         return int(gc.max_length) - prompt_len
-    raise ValueError(f"max_new_tokens: set max_new_tokens (or max_length > the prompt length {prompt_len})")
+    raise InputError(f"max_new_tokens: set max_new_tokens (or max_length > the prompt length {prompt_len})")
 
 
 def _eos_and_pad(generation_config, model) -> tuple[list[int], int]:
@@ -144,7 +145,7 @@ def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
     from fastalign import _context
 
     if not isinstance(truncate_prompt, bool):
-        raise TypeError(f"truncate_prompt: expected True or False, got {type(truncate_prompt).__name__}")
+        raise InputTypeError(f"truncate_prompt: expected True or False, got {type(truncate_prompt).__name__}")
     limit = _context.context_limit(getattr(model, "config", None))
     counts = [int(c) for c in mask.sum(dim=1).tolist()]
     fit = "" if limit is None else f", max_length={limit.tokens - max_new_tokens}"
@@ -167,7 +168,7 @@ def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
 def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
              truncate_prompt: bool = False) -> _common.EncodedPrompts:
     if text_tokenizer is None:
-        raise ValueError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
+        raise InputError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
                          "(text_tokenizer=tokenizer; generate keeps tokenizer= for itself)")
     device = engine.input_device(model)
     ids, mask = _left_padded(input_ids.to(device), attention_mask)
@@ -205,7 +206,7 @@ def _start(name: str, model, input_ids, generation_config, logits_processor, sto
                      streamer=streamer or _generate_frame_value("streamer"),
                      assistant_model=_generate_frame_value("assistant_model"))
     if reward is None:
-        raise ValueError(f"reward: fastalign.hf.{name} needs reward=f(prompts, responses) -> [N]")
+        raise InputError(f"reward: fastalign.hf.{name} needs reward=f(prompts, responses) -> [N]")
     return gc, _max_new_tokens(gc, input_ids.shape[1])
 
 
@@ -301,16 +302,16 @@ def generate(model, method: str = "aisp", **kwargs):
     here. ``method`` picks ``"aisp"``, ``"bon"`` or ``"sea"``; the rest are the method's arguments and generation
     config fields (``max_new_tokens``, ``do_sample``, ``temperature``, ...)."""
     if method not in _METHODS:
-        raise ValueError(f"method: expected one of {sorted(_METHODS)}, got {method!r}")
+        raise InputError(f"method: expected one of {sorted(_METHODS)}, got {method!r}")
     call = {k: kwargs.pop(k, None) for k in _CALL_ARGS}
     for name in ("prefix_allowed_tokens_fn", "negative_prompt_ids", "negative_prompt_attention_mask",
                  "assistant_model"):
         if call[name] is not None:
-            raise ValueError(f"{name}: not supported by fastalign's methods")
+            raise InputError(f"{name}: not supported by fastalign's methods")
     input_ids = kwargs.pop("input_ids", None)
     input_ids = call["inputs"] if input_ids is None else input_ids
     if input_ids is None:
-        raise ValueError("input_ids: pass the tokenised prompts (input_ids=..., attention_mask=...)")
+        raise InputError("input_ids: pass the tokenised prompts (input_ids=..., attention_mask=...)")
     text_tokenizer = kwargs.pop("text_tokenizer", None) or kwargs.pop("tokenizer", None)
     gc = copy.deepcopy(call["generation_config"] or model.generation_config)
     method_kwargs = gc.update(**kwargs)  # generation-config fields are consumed, the rest returned

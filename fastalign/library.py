@@ -1,7 +1,8 @@
 """The fused ops as PyTorch operators (``torch.ops.fastalign.*``), so that torch.compile and CUDA graphs
 see them; and the compute code that the eager ops and the operators share.
 
-Operators (registered at ``import fastalign``; schemas in :data:`SCHEMAS`)::
+Operators (registered when this module is imported, which :mod:`fastalign.ops` and so the first use of
+any op or method does; schemas in :data:`SCHEMAS`)::
 
     fastalign::aisp_perturb(Tensor h, Tensor u, Tensor seed, Tensor iteration, Tensor step,
                             Tensor(a!)? udot, Tensor? active, float sigma, str backend) -> Tensor
@@ -17,7 +18,7 @@ can be captured in a CUDA graph); ``backend`` is a backend name ("" = ``$FASTALI
 "auto"). ``udot`` (aisp_perturb) and the Adam moments ``m``, ``v`` (sea_step, ``optimizer="adam"``)
 are updated in place; every other tensor is only read, and results are new tensors. ``sea_step``
 returns the gradient norm as its second output, an empty float32 tensor ``[0]`` when ``clip`` is None.
-The math is that of :mod:`fastalign.ops` (DESIGN.md section 2); the operators do no value checks.
+The math is that of :mod:`fastalign.ops` (docs/design.md#ops); the operators do no value checks.
 
 Each operator is opaque to torch.compile (a schema with kernels, no autograd): a fake implementation gives
 the output shapes and dtypes without reading data, and the real implementation, for CPU and CUDA
@@ -38,6 +39,7 @@ from typing import Optional
 import torch
 
 from fastalign import backends as _backends
+from fastalign.errors import InputError
 
 __all__ = ["SCHEMAS", "OPS", "importance_weights", "inplace_work", "run_aisp_perturb", "run_aisp_update",
            "run_sea_step", "run_gaussian_perturb", "triton_ops", "sea_norm_dtype"]
@@ -181,11 +183,11 @@ def run_gaussian_perturb(module, x: Tensor, out: Tensor, *, std: float, seed: Te
 def _check_indices(seed: Tensor, counters: dict[str, Tensor], B, device: torch.device) -> None:
     """Metadata of the index tensors an operator takes: seed int64 ``[B]``, counters int64 ``[1]``, on device."""
     if seed.dtype != torch.int64 or seed.dim() != 1 or seed.shape[0] != B or seed.device != device:
-        raise ValueError(f"seed: expected an int64 tensor [B={B}] on {device}, got {seed.dtype} "
+        raise InputError(f"seed: expected an int64 tensor [B={B}] on {device}, got {seed.dtype} "
                          f"{tuple(seed.shape)} on {seed.device}")
     for cname, c in counters.items():
         if c.dtype != torch.int64 or c.numel() != 1 or c.device != device:
-            raise ValueError(f"{cname}: expected an int64 tensor [1] on {device}, got {c.dtype} "
+            raise InputError(f"{cname}: expected an int64 tensor [1] on {device}, got {c.dtype} "
                              f"{tuple(c.shape)} on {c.device}")
 
 

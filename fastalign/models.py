@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from fastalign._cache import user_cache_dir
+from fastalign.errors import InputError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -262,10 +263,10 @@ def _placement(device, device_map, max_memory) -> dict | None:
     """``from_pretrained`` keywords of accelerate's big-model placement (None without ``device_map``)."""
     if device_map is None:
         if max_memory is not None:
-            raise ValueError("max_memory: only with device_map=")
+            raise InputError("max_memory: only with device_map=")
         return None
     if device is not None:
-        raise ValueError(f"device: give either device= or device_map=, not both (got {device!r} and {device_map!r})")
+        raise InputError(f"device: give either device= or device_map=, not both (got {device!r} and {device_map!r})")
     require("accelerate", "device_map= (big-model placement)")
     return {"device_map": device_map, **({"max_memory": max_memory} if max_memory is not None else {})}
 
@@ -421,7 +422,7 @@ def load_reward(name_or_path: str | None = None, *, target: str = DEFAULT_TARGET
     """An embedding-similarity reward (cosine similarity of the response with ``target``) on the
     embedded all-MiniLM-L6-v2 or on another sentence-embedding model given by path or id."""
     if not isinstance(target, str) or not target.strip():
-        raise ValueError("target: expected a non-empty description of the wanted response")
+        raise InputError("target: expected a non-empty description of the wanted response")
     encoder, tokenizer = load_embedding_model(name_or_path, device=device)
     from fastalign.rewards import EmbeddingSimilarityReward
 
@@ -447,7 +448,7 @@ def _classifier_config(name_or_path: str, what: str):
     config = _load_hub(lambda n: AutoConfig.from_pretrained(n), str(path or name_or_path), what)
     archs = list(getattr(config, "architectures", None) or [])
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ValueError(f"{what}: {name_or_path!r} is a {', '.join(archs)}, not a sequence-classification "
+        raise InputError(f"{what}: {name_or_path!r} is a {', '.join(archs)}, not a sequence-classification "
                          "reward model (AutoModelForSequenceClassification)")
     return config
 
@@ -458,10 +459,10 @@ def check_reward_model(name_or_path: str, *, label_index: int | None = None, wha
     config = _classifier_config(name_or_path, what)
     num_labels = int(getattr(config, "num_labels", 1))
     if label_index is None and num_labels != 1:
-        raise ValueError(f"{what}: {name_or_path!r} has {num_labels} labels; name the one to reward with "
+        raise InputError(f"{what}: {name_or_path!r} has {num_labels} labels; name the one to reward with "
                          f"--reward-label (0..{num_labels - 1})")
     if label_index is not None and not 0 <= label_index < num_labels:
-        raise ValueError(f"--reward-label: expected 0..{num_labels - 1} for {name_or_path!r}, got {label_index}")
+        raise InputError(f"--reward-label: expected 0..{num_labels - 1} for {name_or_path!r}, got {label_index}")
 
 
 def load_reward_model(name_or_path: str, *, label_index: int | None = None, device=None):
@@ -485,7 +486,7 @@ def load_reward_fn(spec: str, *, what: str = "--reward-fn"):
 
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{what}: expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
+        raise InputError(f"{what}: expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name).expanduser()
@@ -499,10 +500,10 @@ def load_reward_fn(spec: str, *, what: str = "--reward-fn"):
     except ModelNotFoundError:
         raise
     except Exception as exc:  # an import error inside the user's module is reported, one line
-        raise ValueError(f"{what}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{what}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
     fn = getattr(module, attr, None)
     if fn is None:
-        raise ValueError(f"{what}: {module_name!r} has no attribute {attr!r}")
+        raise InputError(f"{what}: {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
-        raise ValueError(f"{what}: {spec!r} is a {type(fn).__name__}, not a callable reward f(prompts, responses)")
+        raise InputError(f"{what}: {spec!r} is a {type(fn).__name__}, not a callable reward f(prompts, responses)")
     return fn

@@ -1,4 +1,4 @@
-"""Public fused ops of fastalign (DESIGN.md section 2), re-exported from ``fastalign``.
+"""Public fused ops of fastalign (docs/design.md#ops), re-exported from ``fastalign``.
 
 Each op validates its arguments, normalises them (contiguous tensors, seeds as an int64 ``[B]``
 tensor, counters as int64 ``[1]`` tensors, all on the input's device), picks a backend
@@ -24,6 +24,7 @@ import torch
 from fastalign import _validate as V
 from fastalign import backends as _backends
 from fastalign import library as _library
+from fastalign.errors import InputError, InputTypeError
 from fastalign.library import importance_weights
 
 __all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "available_backends",
@@ -67,7 +68,6 @@ def available_backends(device_type: str | None = None) -> dict[str, str | None]:
     return _backends.availability(device_type)
 
 
-@torch.compiler.assume_constant_result
 def _traced_backend(backend: str | None, device_type: str) -> str:
     """The backend name a traced call records: resolved once, when torch.compile traces (run eagerly by
     Dynamo, so the registry's caches, imports and warnings work as in eager calls)."""
@@ -77,19 +77,25 @@ def _traced_backend(backend: str | None, device_type: str) -> str:
     return name
 
 
+# What ``@torch.compiler.assume_constant_result`` does (it sets this one attribute), without its
+# ``import torch._dynamo`` (about a second, and Triton with it) on every ``import fastalign.ops``:
+# tests/test_library.py checks that the decorator still does exactly this.
+_traced_backend._dynamo_marked_constant = True
+
+
 def _pick(backend: str | None, x, compute_dtype, tracing: bool):
     """(backend name, module or None while tracing, extra backend kwargs) for an op on tensor ``x``."""
     if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
+        raise InputTypeError(f"backend: expected a backend name (str) or None, got {type(backend).__name__}")
     device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
     kwargs = {}
     if compute_dtype is not None:
         if backend != "torch":
-            raise ValueError(f"compute_dtype: only backend='torch' (the reference) takes it, got backend={backend!r}")
+            raise InputError(f"compute_dtype: only backend='torch' (the reference) takes it, got backend={backend!r}")
         if compute_dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
+            raise InputTypeError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
         if tracing:
-            raise ValueError("compute_dtype: the reference backend's compute_dtype runs in eager calls only, "
+            raise InputError("compute_dtype: the reference backend's compute_dtype runs in eager calls only, "
                              "not under torch.compile")
         kwargs["compute_dtype"] = compute_dtype
     if tracing:
@@ -173,7 +179,7 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
     B, n, d = h.shape
     tau = u.shape[1]
     if u.shape[0] != B or u.shape[2] != d:
-        raise ValueError(f"u: expected shape [B={B}, tau, d={d}] to match h {tuple(h.shape)}, got {tuple(u.shape)}")
+        raise InputError(f"u: expected shape [B={B}, tau, d={d}] to match h {tuple(h.shape)}, got {tuple(u.shape)}")
     V.check_nonempty("h", B=B, n=n, d=d)
     V.check_nonempty("u", tau=tau)
     sigma = V.check_real(sigma, "sigma", positive=True)
@@ -182,11 +188,11 @@ def aisp_perturb(h, u, *, sigma, seed, iteration, step, udot=None, active=None, 
         V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
     if active is not None:
         if not isinstance(active, torch.Tensor) or active.dtype != torch.bool:
-            raise TypeError(f"active: expected a bool tensor [B, n], got "
+            raise InputTypeError(f"active: expected a bool tensor [B, n], got "
                             f"{getattr(active, 'dtype', type(active).__name__)}")
         V.check_same_shape(active, "active", (B, n), "[B, n]")
         if active.device != device:
-            raise ValueError(f"active: expected a tensor on {device}, got one on {active.device}")
+            raise InputError(f"active: expected a tensor on {device}, got one on {active.device}")
     if tracing:
         seed_t = V.traced_seeds(seed, B, device)
         it_t = V.traced_counter(iteration, "iteration", device)
@@ -246,13 +252,13 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     B, tau, d = u.shape
     V.check_nonempty("u", B=B, tau=tau, d=d)
     if not isinstance(rewards, torch.Tensor):
-        raise TypeError(f"rewards: expected a torch.Tensor [B, n], got {type(rewards).__name__}")
+        raise InputTypeError(f"rewards: expected a torch.Tensor [B, n], got {type(rewards).__name__}")
     if not rewards.dtype.is_floating_point:
-        raise TypeError(f"rewards: expected a floating-point tensor, got {rewards.dtype}")
+        raise InputTypeError(f"rewards: expected a floating-point tensor, got {rewards.dtype}")
     if rewards.dim() != 2 or rewards.shape[0] != B:
-        raise ValueError(f"rewards: expected shape [B={B}, n], got {tuple(rewards.shape)}")
+        raise InputError(f"rewards: expected shape [B={B}, n], got {tuple(rewards.shape)}")
     if rewards.device != device:
-        raise ValueError(f"rewards: expected a tensor on {device}, got one on {rewards.device}")
+        raise InputError(f"rewards: expected a tensor on {device}, got one on {rewards.device}")
     n = rewards.shape[1]
     V.check_nonempty("rewards", n=n)
     sigma = V.check_real(sigma, "sigma", positive=True)
@@ -260,12 +266,12 @@ def aisp_update(u, rewards, *, sigma, lam, alpha, seed, iteration, lengths=None,
     alpha = V.check_real(alpha, "alpha", lo=0.0, hi=1.0)
     if lengths is not None:
         if not isinstance(lengths, torch.Tensor):
-            raise TypeError(f"lengths: expected an integer tensor [B, n], got {type(lengths).__name__}")
+            raise InputTypeError(f"lengths: expected an integer tensor [B, n], got {type(lengths).__name__}")
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-            raise TypeError(f"lengths: expected an integer tensor, got {lengths.dtype}")
+            raise InputTypeError(f"lengths: expected an integer tensor, got {lengths.dtype}")
         V.check_same_shape(lengths, "lengths", (B, n), "[B, n]")
         if lengths.device != device:
-            raise ValueError(f"lengths: expected a tensor on {device}, got one on {lengths.device}")
+            raise InputError(f"lengths: expected a tensor on {device}, got one on {lengths.device}")
     if udot is not None:
         udot_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
         V.check_state_tensor(udot, "udot", (B, n), device, udot_dtypes)
@@ -321,31 +327,31 @@ def sea_step(y, grad, *, lr, noise_std, max_norm=None, clip="chain", seed, step,
     if max_norm is not None:
         max_norm = V.check_real(max_norm, "max_norm", positive=True)
     if clip is not None and clip not in _CLIP_GROUPS:
-        raise ValueError(f"clip: expected one of {_CLIP_GROUPS} or None, got {clip!r}")
+        raise InputError(f"clip: expected one of {_CLIP_GROUPS} or None, got {clip!r}")
     if clip is None and max_norm is not None:
-        raise ValueError("max_norm: clipping needs a clip group, got clip=None with max_norm set")
+        raise InputError("max_norm: clipping needs a clip group, got clip=None with max_norm set")
     if optimizer not in ("sgld", "adam"):
-        raise ValueError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
+        raise InputError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
     if not isinstance(error_if_nonfinite, bool):
-        raise TypeError(f"error_if_nonfinite: expected a bool, got {type(error_if_nonfinite).__name__}")
+        raise InputTypeError(f"error_if_nonfinite: expected a bool, got {type(error_if_nonfinite).__name__}")
     state_dtypes = (torch.float32, torch.float64) if name == "torch" else (torch.float32,)
     m = v = None
     beta1 = beta2 = 0.0
     eps_f = 0.0
     if optimizer == "adam":
         if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise TypeError("state: optimizer='adam' needs state=(m, v), two float32 tensors shaped like y")
+            raise InputTypeError("state: optimizer='adam' needs state=(m, v), two float32 tensors shaped like y")
         m = V.check_state_tensor(state[0], "state[0] (m)", tuple(y.shape), device, state_dtypes)
         v = V.check_state_tensor(state[1], "state[1] (v)", tuple(y.shape), device, state_dtypes)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+            raise InputTypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         beta1 = V.check_real(betas[0], "betas[0]", lo=0.0, hi=1.0)
         beta2 = V.check_real(betas[1], "betas[1]", lo=0.0, hi=1.0)
         if beta1 >= 1.0 or beta2 >= 1.0:
-            raise ValueError(f"betas: expected values in [0, 1), got {tuple(betas)}")
+            raise InputError(f"betas: expected values in [0, 1), got {tuple(betas)}")
         eps_f = V.check_real(eps, "eps", positive=True)
     elif state is not None:
-        raise ValueError("state: only optimizer='adam' takes state")
+        raise InputError("state: only optimizer='adam' takes state")
     if tracing:
         seed_t = V.traced_seeds(seed, B, device)
         step_t = V.traced_counter(step, "step", device)
@@ -382,7 +388,7 @@ def gaussian_perturb(x, *, std, seed, step, out=None, backend=None, compute_dtyp
     name, module, kw = _pick(backend, x, compute_dtype, tracing)
     _float_input(x, "x", None, name)
     if x.dim() < 2:
-        raise ValueError(f"x: expected a tensor [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
+        raise InputError(f"x: expected a tensor [B, ...] with at least 2 dims, got shape {tuple(x.shape)}")
     device = x.device
     B = x.shape[0]
     N = math.prod(x.shape[1:])

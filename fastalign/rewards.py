@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fastalign._cache import user_cache_dir
+from fastalign.errors import InputError, InputTypeError
 
 __all__ = [
     "SequenceClassifierReward",
@@ -101,7 +102,7 @@ def as_soft_reward(reward, model, tokenizer) -> SoftReward:
     make = getattr(reward, "soft_reward_fn", None)
     if callable(make):
         return make(model, tokenizer)
-    raise TypeError(
+    raise InputTypeError(
         "reward: SEA needs a reward that is differentiable in soft tokens: a SequenceClassifierReward "
         "sharing the base vocabulary, an EmbeddingSimilarityReward, or any object with "
         f"soft_reward_fn(model, tokenizer); got {type(reward).__name__} (pass soft_reward= to sea_generate)"
@@ -137,21 +138,21 @@ class SequenceClassifierReward:
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
             model = AutoModelForSequenceClassification.from_pretrained(str(model))
         if tokenizer is None:
-            raise TypeError("tokenizer: SequenceClassifierReward needs the classifier's tokenizer")
+            raise InputTypeError("tokenizer: SequenceClassifierReward needs the classifier's tokenizer")
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
         self.tokenizer = tokenizer
         num_labels = int(getattr(model.config, "num_labels", 1))
         if label_index is None and num_labels != 1:
-            raise ValueError(f"label_index: the classifier has {num_labels} labels, so name the one to reward "
+            raise InputError(f"label_index: the classifier has {num_labels} labels, so name the one to reward "
                              f"(0..{num_labels - 1}), or use a scalar head")
         if label_index is not None and not 0 <= int(label_index) < num_labels:
-            raise ValueError(f"label_index: expected 0 <= label_index < {num_labels}, got {label_index}")
+            raise InputError(f"label_index: expected 0 <= label_index < {num_labels}, got {label_index}")
         if score not in ("logit", "prob", "logprob"):
-            raise ValueError(f"score: expected 'logit', 'prob' or 'logprob', got {score!r}")
+            raise InputError(f"score: expected 'logit', 'prob' or 'logprob', got {score!r}")
         if "{response}" not in template:
-            raise ValueError(f"template: expected a format string containing '{{response}}', got {template!r}")
+            raise InputError(f"template: expected a format string containing '{{response}}', got {template!r}")
         self.label_index = 0 if label_index is None else int(label_index)
         self.score = score
         self.template = template
@@ -187,7 +188,7 @@ class SequenceClassifierReward:
         V_base = base_model.get_output_embeddings().weight.shape[0] if base_model.get_output_embeddings() is not None \
             else len(base_tokenizer)
         if emb.weight.shape[0] < len(base_tokenizer) or emb.weight.shape[0] != V_base:
-            raise ValueError(
+            raise InputError(
                 f"SequenceClassifierReward: a soft-token reward needs the classifier to share the base model's "
                 f"vocabulary (base {V_base} tokens, classifier {emb.weight.shape[0]}); use a reward with a "
                 "vocabulary bridge (EmbeddingSimilarityReward) or a classifier built on the base tokenizer")
@@ -315,7 +316,7 @@ class EmbeddingSimilarityReward:
     def __init__(self, target: str, model=None, tokenizer=None, *, include_prompt: bool = False,
                  batch_size: int = 64, max_length: int = 256, device=None):
         if not isinstance(target, str) or not target.strip():
-            raise ValueError(f"target: expected a non-empty description, got {target!r}")
+            raise InputError(f"target: expected a non-empty description, got {target!r}")
         if model is None or isinstance(model, (str, os.PathLike)):
             from transformers import AutoModel, AutoTokenizer
 
@@ -323,7 +324,7 @@ class EmbeddingSimilarityReward:
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         if tokenizer is None:
-            raise TypeError("tokenizer: EmbeddingSimilarityReward needs the encoder's tokenizer")
+            raise InputTypeError("tokenizer: EmbeddingSimilarityReward needs the encoder's tokenizer")
         if device is not None:
             model = model.to(device)
         self.model = model.eval()
@@ -415,20 +416,20 @@ def call_reward(reward, prompts: list[str], responses: list[str]) -> torch.Tenso
     sequence, ``ValueError`` for a wrong length, NaN or +inf (``-inf`` is allowed: "reject").
     """
     if not callable(reward):
-        raise TypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
+        raise InputTypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
     N = len(responses)
     r = reward(prompts, responses)
     try:
         r = torch.as_tensor(r.detach() if isinstance(r, torch.Tensor) else r, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"reward: expected a sequence of {N} numbers, got {type(r).__name__} ({exc})") from exc
+        raise InputTypeError(f"reward: expected a sequence of {N} numbers, got {type(r).__name__} ({exc})") from exc
     if r.dim() == 2 and r.shape[1] == 1:
         r = r[:, 0]
     if r.dim() != 1 or r.shape[0] != N:
-        raise ValueError(f"reward: expected {N} rewards (one per response) shaped [{N}], got shape {tuple(r.shape)}")
+        raise InputError(f"reward: expected {N} rewards (one per response) shaped [{N}], got shape {tuple(r.shape)}")
     if bool(torch.isnan(r).any()):
         bad = torch.isnan(r).nonzero().flatten().tolist()[:5]
-        raise ValueError(f"reward: returned NaN for response(s) {bad}: {[responses[i] for i in bad]!r}")
+        raise InputError(f"reward: returned NaN for response(s) {bad}: {[responses[i] for i in bad]!r}")
     if bool(torch.isposinf(r).any()):
-        raise ValueError("reward: returned +inf; expected finite rewards (or -inf to reject a response)")
+        raise InputError("reward: returned +inf; expected finite rewards (or -inf to reject a response)")
     return r

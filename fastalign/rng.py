@@ -1,4 +1,4 @@
-"""The random stream every fastalign backend reproduces (DESIGN.md section 1), in plain torch.
+"""The random stream every fastalign backend reproduces (docs/design.md#random-stream), in plain torch.
 
 ``normal(seed, k)`` for a non-negative int64 seed and logical index ``k``::
 
@@ -17,6 +17,8 @@ bit products of Philox are split into 16-bit halves so that no intermediate exce
 from __future__ import annotations
 
 import torch
+
+from fastalign.errors import InputError, InputTypeError
 
 __all__ = [
     "PHILOX_ROUND_A",
@@ -64,12 +66,12 @@ def philox4x32_10(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) ->
         int64 tensor ``[..., 4]`` of uint32 output words.
     """
     if counter.shape[-1:] != (4,) or key.shape[-1:] != (2,):
-        raise ValueError(
+        raise InputError(
             f"philox4x32_10: expected counter [..., 4] and key [..., 2], got {tuple(counter.shape)} "
             f"and {tuple(key.shape)}"
         )
     if counter.dtype != torch.int64 or key.dtype != torch.int64:
-        raise TypeError(f"philox4x32_10: expected int64 tensors, got {counter.dtype} and {key.dtype}")
+        raise InputTypeError(f"philox4x32_10: expected int64 tensors, got {counter.dtype} and {key.dtype}")
     c0, c1, c2, c3 = (counter[..., i] & _MASK32 for i in range(4))
     k0, k1 = (key[..., i] & _MASK32 for i in range(2))
     for _ in range(rounds):
@@ -84,7 +86,7 @@ def philox4x32_10(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) ->
 def _as_int64(x, name: str, device=None) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
-            raise TypeError(f"{name}: expected an integer tensor, got {x.dtype}")
+            raise InputTypeError(f"{name}: expected an integer tensor, got {x.dtype}")
         return x.to(dtype=torch.int64, device=device if device is not None else x.device)
     return torch.as_tensor(x, dtype=torch.int64, device=device)
 
@@ -97,7 +99,7 @@ def stream_words(seed, block, *, check: bool = True) -> torch.Tensor:
     block = _as_int64(block, "block")
     seed = _as_int64(seed, "seed", device=block.device)
     if check and (bool((seed < 0).any()) or bool((block < 0).any())):
-        raise ValueError("stream_words: seed and block must be >= 0")
+        raise InputError("stream_words: seed and block must be >= 0")
     seed, block = torch.broadcast_tensors(seed, block)
     zero = torch.zeros_like(block)
     counter = torch.stack([block & _MASK32, block >> 32, zero, zero], dim=-1)

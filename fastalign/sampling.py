@@ -9,6 +9,7 @@ import numbers
 import torch
 
 from fastalign import rng
+from fastalign.errors import InputError, InputTypeError
 
 __all__ = ["stream_seeds", "sample_tokens"]
 
@@ -26,16 +27,16 @@ def stream_seeds(seed, prompts: list[str], *, salt: str = "") -> list[int]:
     if isinstance(seed, (list, tuple)) or (isinstance(seed, torch.Tensor) and seed.dim() == 1):
         seeds = [int(s) for s in (seed.tolist() if isinstance(seed, torch.Tensor) else seed)]
         if len(seeds) != B:
-            raise ValueError(f"seed: expected an int or {B} ints (one per prompt), got {len(seeds)}")
+            raise InputError(f"seed: expected an int or {B} ints (one per prompt), got {len(seeds)}")
     else:
         if isinstance(seed, torch.Tensor):
             seed = seed.item()
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed: expected an int or a list of ints, got {type(seed).__name__}")
+            raise InputTypeError(f"seed: expected an int or a list of ints, got {type(seed).__name__}")
         seeds = [int(seed)] * B
     for s in seeds:
         if s < 0 or s >= 2**63:
-            raise ValueError(f"seed: expected seeds in [0, 2**63), got {s}")
+            raise InputError(f"seed: expected seeds in [0, 2**63), got {s}")
     out = []
     for s, p in zip(seeds, prompts):
         digest = hashlib.blake2b(f"{s}\x1f{salt}\x1f{p}".encode("utf-8"), digest_size=8).digest()

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from fastalign import _common, encoding, engine, ops, sampling
+from fastalign.errors import InputError
 from fastalign.results import AlignResult, fmt
 from fastalign.rewards import as_soft_reward, call_reward
 
@@ -58,7 +59,7 @@ def noise_schedule(noise_std, steps: int) -> list[float]:
     """Per-step noise std: a constant, or ``(start, end)`` annealed geometrically (linearly if an end is 0)."""
     if isinstance(noise_std, (tuple, list)):
         if len(noise_std) != 2:
-            raise ValueError(f"noise_std: expected a number or a pair (start, end), got {noise_std!r}")
+            raise InputError(f"noise_std: expected a number or a pair (start, end), got {noise_std!r}")
         a = _common.check_float(noise_std[0], "noise_std[0]", lo=0.0, hi=math.inf)
         b = _common.check_float(noise_std[1], "noise_std[1]", lo=0.0, hi=math.inf)
         if steps == 1:
@@ -72,7 +73,7 @@ def noise_schedule(noise_std, steps: int) -> list[float]:
 
 def _choice(value, name: str, allowed: tuple):
     if value not in allowed:
-        raise ValueError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        raise InputError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
     return value
 
 
@@ -234,7 +235,7 @@ def chain_seeds(seed, prompts: list[str], chains: int) -> torch.Tensor:
     """``[B * chains]`` int64 stream seeds: chain c of a prompt hashes (seed, prompt, c)."""
     per_prompt = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
     if len(per_prompt) != len(prompts):
-        raise ValueError(f"seed: expected an int or {len(prompts)} ints (one per prompt), got {len(per_prompt)}")
+        raise InputError(f"seed: expected an int or {len(prompts)} ints (one per prompt), got {len(per_prompt)}")
     return torch.tensor([sampling.stream_seeds(sd, [p], salt=f"sea-chain-{c}")[0]
                          for sd, p in zip(per_prompt, prompts) for c in range(chains)], dtype=torch.int64)
 
@@ -307,7 +308,7 @@ class BaseLM:
         forked = copy.deepcopy(self.cache)
         reorder = getattr(forked, "reorder_cache", None)
         if not callable(reorder):
-            raise ValueError(f"model: its cache ({type(self.cache).__name__}) cannot be forked to SEA's chains "
+            raise InputError(f"model: its cache ({type(self.cache).__name__}) cannot be forked to SEA's chains "
                              "(it has no reorder_cache)")
         reorder((rows // self.chains).to(self.mask.device))
         return forked

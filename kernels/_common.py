@@ -1,6 +1,6 @@
 """Pieces shared by the fastalign Triton kernels: the noise window and the fixed-order partial sum.
 
-The random stream (DESIGN.md section 1) is Triton's own ``tl.randn4x`` layout: one Philox call on
+The random stream (docs/design.md#random-stream) is Triton's own ``tl.randn4x`` layout: one Philox call on
 counter block ``c`` gives the normals of the four logical indices ``k = 4c .. 4c+3``. A kernel that
 needs the normals of a contiguous range of ``k`` therefore works on a *window* of counter blocks
 ``c_start .. c_start + BLOCK_C - 1``: :func:`normal_window` returns its ``4 * BLOCK_C`` normals in

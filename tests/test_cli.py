@@ -275,6 +275,29 @@ def test_console_entry_point_never_prints_a_traceback(tmp_path):
     assert proc.returncode == 0 and "fastalign" in proc.stdout
 
 
+def test_internal_error_keeps_its_traceback_and_exit_status_1(capsys, monkeypatch):
+    """A plain ValueError inside a command is a bug, not bad input (issue 23): the traceback, exit 1."""
+    def broken():
+        raise ValueError("an internal inconsistency")
+
+    monkeypatch.setattr(cli, "info_dict", broken)
+    rc, _, err = run(capsys, "info")
+    assert rc == 1 and "Traceback (most recent call last)" in err, err
+    assert "ValueError: an internal inconsistency" in err and "internal error" in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("kind", ["InputError", "InputTypeError"])
+def test_input_error_inside_a_command_is_one_line_and_exit_status_2(capsys, monkeypatch, kind):
+    from fastalign import errors
+
+    def bad():
+        raise getattr(errors, kind)("--thing: expected a number, got 'x'\n(a second line is not shown)")
+
+    monkeypatch.setattr(cli, "info_dict", bad)
+    rc, _, err = run(capsys, "info")
+    assert_one_line_error(rc, err, "--thing: expected a number")
+
+
 def test_check_runs_triton_under_the_interpreter_without_a_gpu():
     """A fresh `fastalign check` process on a machine without a GPU switches Triton's interpreter on by
     itself (before the kernels are imported), so the Triton kernels are checked too."""

@@ -9,7 +9,7 @@ Everything here is marked ``gpu`` and skipped when ``torch.cuda.is_available()``
 that is reported unavailable on a GPU machine fails the test (a broken build must not pass as a
 skip), except when its toolchain is absent (no CUDA toolkit / no triton), which skips it.
 
-Tolerances (DESIGN.md section 1, tests/_util.py): fp32 storage |err| <= 1e-5 + 1e-5 |ref| against the
+Tolerances (docs/design.md#random-stream, tests/_util.py): fp32 storage |err| <= 1e-5 + 1e-5 |ref| against the
 float64 reference (accumulated dot products get an atol scaled by sqrt(terms)); fp16/bf16 storage one
 ulp of the storage dtype at the reference's magnitude. Repeat runs are bit-identical, and a captured
 CUDA graph of ``aisp_perturb`` (step counter in a device tensor) replays to the uncaptured values.

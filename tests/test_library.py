@@ -1,6 +1,6 @@
 """The ops as ``torch.library`` operators: schemas, opcheck, torch.compile and CUDA graphs.
 
-- Registration: ``torch.ops.fastalign.*`` exists after ``import fastalign``; the schemas mark exactly
+- Registration: ``torch.ops.fastalign.*`` exists once ``fastalign.ops`` is imported (the first use of any op); the schemas mark exactly
   ``udot`` and the Adam moments as mutated.
 - ``torch.library.opcheck`` of every operator (schema, fake implementation, AOT dispatch with static
   and dynamic shapes) on CPU with the ``cpu`` and ``torch`` backends, over shapes and dtypes of the
@@ -52,6 +52,17 @@ def test_every_op_is_a_fastalign_operator_with_its_mutations_in_the_schema():
         assert [a.name for a in op._schema.arguments][-1] == "backend"
         assert not any(r.alias_info for r in op._schema.returns), "outputs are new tensors"
     assert mutated == {"aisp_perturb": ["udot"], "aisp_update": [], "sea_step": ["m", "v"], "gaussian_perturb": []}
+
+
+def test_traced_backend_is_marked_the_way_assume_constant_result_marks():
+    """fastalign.ops sets the attribute itself (the decorator would import torch._dynamo at import time);
+    this fails if a torch release changes what the decorator does."""
+    def probe():
+        return 0
+
+    assert torch.compiler.assume_constant_result(probe) is probe
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert ops._traced_backend._dynamo_marked_constant is True
 
 
 # ------------------------------------------------------------------------------------------ opcheck

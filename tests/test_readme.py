@@ -158,3 +158,39 @@ def test_hugging_face_generate_example_runs(monkeypatch):
     assert out.shape[0] == bon.shape[0] == 2 and P < out.shape[1] <= P + 32
     assert torch.equal(out, hub)
     assert torch.equal(out[:, :P], inputs["input_ids"])
+
+
+# ------------------------------------------------------------------------------------ docs/design.md
+DESIGN = ROOT / "docs" / "design.md"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _design_pointers() -> list[tuple[str, str]]:
+    """(file, anchor) of every pointer to a heading of design.md in the code, tests, benchmarks, C++, docs."""
+    found = []
+    for folder in ("fastalign", "kernels", "tests", "bench", "csrc", "docs"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".md", ".h", ".cpp", ".cu", ".cuh", ".sh") and path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace")
+                found += [(str(path.relative_to(ROOT)), a) for a in re.findall(r"design\.md#([\w-]+)", text)]
+    return found + [("README.md", a) for a in re.findall(r"design\.md#([\w-]+)", README)]
+
+
+def test_every_design_doc_pointer_names_one_of_its_headings():
+    headings = {_slug(h) for h in re.findall(r"^#{1,4} (.+)$", DESIGN.read_text(encoding="utf-8"), flags=re.M)}
+    pointers = _design_pointers()
+    assert len(pointers) >= 10, "the code points into the design doc by section"
+    missing = [(f, a) for f, a in pointers if a not in headings]
+    assert not missing, f"pointers to headings docs/design.md lacks: {missing}"
+
+
+def test_nothing_points_at_the_old_design_note_and_the_readme_links_the_doc():
+    stale = [str(p.relative_to(ROOT)) for folder in ("fastalign", "kernels", "tests", "bench", "csrc", "docs")
+             for p in (ROOT / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".h", ".cpp", ".cu")
+             and p != Path(__file__).resolve() and "DESIGN.md" in p.read_text(encoding="utf-8", errors="replace")]
+    assert not stale and "DESIGN.md" not in README, stale
+    assert "docs/design.md" in README

@@ -44,7 +44,7 @@ def _philox_scalar(ctr, key, rounds=10):
 
 
 def _normal_scalar(seed, k):
-    """DESIGN.md section 1 transcribed literally with Python floats (float64 evaluation)."""
+    """docs/design.md#random-stream transcribed literally with Python floats (float64 evaluation)."""
     c = k >> 2
     w = _philox_scalar((c & 0xFFFFFFFF, c >> 32, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))
     us = []

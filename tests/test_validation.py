@@ -1,5 +1,8 @@
 """Bad input to every public op: the right exception, naming the argument, before any kernel runs.
 
+The exception is :class:`fastalign.InputError` (a ``ValueError``) or :class:`fastalign.InputTypeError`
+(also a ``TypeError``), so that callers and the command line tell bad input from a bug.
+
 Each case starts from a valid call, breaks one argument and asserts the exception type and that the
 message names the argument. The table runs against a *spy* backend whose every function fails the
 test if called, which proves validation happens before any kernel launches; a shorter list then runs
@@ -339,6 +342,9 @@ def _raises(exc, argname, fn):
         fn()
     msg = str(info.value)
     assert re.search(rf"(^|\W){re.escape(argname)}(\W|$)", msg), f"message does not name {argname!r}: {msg}"
+    if exc in (ValueError, TypeError):  # bad input is fastalign's own type, so callers can tell it from a bug
+        kind = fa.InputTypeError if exc is TypeError else fa.InputError
+        assert isinstance(info.value, kind), f"{type(info.value).__name__} is not a {kind.__name__}: {msg}"
     return msg
 
 
@@ -374,7 +380,7 @@ def test_messages_say_what_was_expected_and_received(spy_backend):
 
 
 def test_lr_zero_is_allowed():
-    """DESIGN.md section 5 says lr >= 0: a noise-only step (lr=0) is a valid SEA call."""
+    """docs/design.md#errors says lr >= 0: a noise-only step (lr=0) is a valid SEA call."""
     y = torch.randn(1, 2, 3)
     y_new, _ = fa.sea_step(y, torch.randn(1, 2, 3), lr=0.0, noise_std=0.0, seed=0, step=0, backend="torch")
     assert torch.equal(y_new, y)
@@ -802,3 +808,22 @@ def test_models_without_a_limit_take_any_prompt():
 
     assert context_limit(transformers.MambaConfig()) is None and context_limit(None) is None
     assert check_prompt_lengths([10**6], None, 10**6) == [None]
+
+
+def test_input_error_types_are_value_and_type_errors():
+    assert issubclass(fa.InputError, ValueError) and not issubclass(fa.InputError, TypeError)
+    assert issubclass(fa.InputTypeError, fa.InputError) and issubclass(fa.InputTypeError, TypeError)
+    from fastalign import errors
+
+    assert (errors.InputError, errors.InputTypeError) == (fa.InputError, fa.InputTypeError)
+
+
+@pytest.mark.parametrize("module", ["_validate", "_inputs", "_context", "_common", "encoding", "sampling"])
+def test_validation_modules_raise_only_fastalign_input_errors(module):
+    """Every raise of a module whose job is validation is bad input (a plain ValueError there would read
+    as a bug to the command line: exit 1 with a traceback)."""
+    import inspect
+
+    source = inspect.getsource(__import__(f"fastalign.{module}", fromlist=["_"]))
+    assert not re.findall(r"raise (ValueError|TypeError)\(", source)
+

@@ -1,4 +1,4 @@
-// csrc/cpu/stream_simd.h — the fastalign random stream (DESIGN.md section 1), vectorised for the CPU.
+// csrc/cpu/stream_simd.h — the fastalign random stream (docs/design.md#random-stream), vectorised for the CPU.
 //
 // randn_blocks(seed, first_block, nblocks, out) writes the 4 * nblocks normals of counter blocks
 // [first_block, first_block + nblocks) in stream order: out[4*b + j] = normal(seed, 4*(first_block+b) + j).

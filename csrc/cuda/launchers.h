@@ -32,7 +32,7 @@ inline int reduction_partials(int64_t rows, int64_t row_len, int num_sms) {
   return static_cast<int>(p);
 }
 
-// AISP perturbation for decode step *step (DESIGN.md section 2):
+// AISP perturbation for decode step *step (docs/design.md#ops):
 //   h, out: [B, n, d] (dtype); u: [B, tau, d] float32; seed [B]; iteration, step [1] (int64, device).
 //   step < tau: out = h + u[:, step] + sigma * eps, and when udot != nullptr,
 //               udot[b, i] += sum_j u[b, step, j] * eps[b, i, j] for rows with active[b, i] (or all rows

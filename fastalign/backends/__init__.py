@@ -56,6 +56,8 @@ import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
+from fastalign.errors import InputError
+
 __all__ = [
     "BackendUnavailableError",
     "register",
@@ -159,7 +161,7 @@ def availability(device_type: str | None = None) -> dict[str, str | None]:
 def get(name: str, device_type: str) -> ModuleType:
     """The module of backend ``name`` for ``device_type``, or BackendUnavailableError with the reason."""
     if name not in _REGISTRY:
-        raise ValueError(f"backend: expected one of {['auto', *_REGISTRY]}, got {name!r}")
+        raise InputError(f"backend: expected one of {['auto', *_REGISTRY]}, got {name!r}")
     reason = _check(name, device_type)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run on {device_type}: {reason}")

@@ -1,4 +1,4 @@
-"""The reference backend (``backend="torch"``): DESIGN.md section 2 written plainly in PyTorch.
+"""The reference backend (``backend="torch"``): docs/design.md#ops written plainly in PyTorch.
 
 It is the ground truth of the test suite. Noise comes from :mod:`fastalign.rng` (Philox in int64
 arithmetic), math runs in ``compute_dtype`` (float32 by default, float64 for the exact truth the

@@ -1,4 +1,4 @@
-// fastalign/philox.h — the random stream of DESIGN.md section 1, one definition for every native backend.
+// fastalign/philox.h — the random stream of docs/design.md#random-stream, one definition for every native backend.
 //
 //   normal(seed, k): c = k >> 2, j = k & 3
 //     words = Philox4x32-10(counter = (lo32(c), hi32(c), 0, 0), key = (lo32(seed), hi32(seed)))
