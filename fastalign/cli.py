@@ -412,7 +412,7 @@ def _read_prompts(args) -> list[dict]:
 #: ``--kl-coef``'s default for every method: the objective's beta is in reward units, and this value
 #: was chosen for the CLI's default reward (a cosine similarity in [-1, 1]) by bench/bench_trust.py; the
 #: library's default is 0 (the raw reward), so a reward of another scale starts from the paper's form.
-CLI_KL_COEF = 0.0
+CLI_KL_COEF = 0.08
 ALIGN_DEFAULTS = {
     "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, lam=0.5, alpha=0.999,
                  normalize_rewards=True, mean_rollout=False, final_samples=0, kl_coef=CLI_KL_COEF),

@@ -513,8 +513,8 @@ def _final_objective(model, encoded, rewards: torch.Tensor, ids: list[list[int]]
     with engine.eval_mode(model):
         ppl = metrics.perplexities(model, encoded.input_ids, encoded.attention_mask,
                                    [i // chains for i in range(len(ids))], ids)
-    mean_lp = torch.tensor([-math.log(p) if p == p else math.inf for p in ppl], dtype=torch.float64)
-    return rewards.double() - kl_coef * mean_lp
+    mean_lp = torch.tensor([-math.log(p) if p == p else -math.inf for p in ppl], dtype=torch.float64)
+    return rewards.double() + kl_coef * mean_lp
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: SeaSettings, *,

@@ -166,7 +166,10 @@ def test_align_happy_path_json(capsys, tiny_model_dir, method, monkeypatch, tmp_
     if method == "sea":  # 3 chains, 2 steps: the initial and the final responses are scored
         assert res["settings"]["iterations"] == 2 and res["reward_calls"] >= 6
     assert isinstance(res["response"], str) and isinstance(res["base_response"], str)
-    assert res["reward"] >= max(res["trace_max"]) - 1e-6
+    # the CLI maximises reward + kl_coef * mean log p_base (its default kl_coef is > 0): the raw reward is
+    # one of the scored ones, at most the best, and the objective is below it (log-probabilities <= 0)
+    assert res["settings"]["kl_coef"] == cli.CLI_KL_COEF > 0 and res["objective"] is not None
+    assert res["reward"] <= max(res["trace_max"]) + 1e-6 and res["objective"] <= res["reward"]
     assert -1.0 <= res["base_reward"] <= 1.0
     assert res["settings"]["n"] == 3
     m = res["metrics"]  # text quality beside the reward (the reward's MiniLM encoder gives coherence)
@@ -376,7 +379,7 @@ def test_align_reward_fn_and_aisp_options_end_to_end(capsys, tiny_model_dir, tmp
                                            "    return [float(len(r)) for r in responses]\n")
     rc, out, err = run(capsys, "align", "w1 w2", "--model", str(tiny_model_dir), "--n", "3", "--iterations", "2",
                        "--max-new-tokens", "4", "--backend", "torch", "--reward-fn",
-                       f"{tmp_path / 'my_reward.py'}:score", "--variance", "0.5", "--normalize-rewards",
+                       f"{tmp_path / 'my_reward.py'}:score", "--variance", "0.5", "--normalize-rewards", "--kl-coef", "0",
                        "--mean-rollout", "--final-samples", "2", "--json", "--quiet")
     assert rc == 0, err
     res = json.loads(out)

@@ -226,3 +226,20 @@ def test_health_numbers_of_a_result():
                     objective=0.3, extra={"iterations": 3, "control_norm": [0.1, 0.2, 0.25], "ess": [2.0, 3.0, 4.0]})
     assert health(r) == {"objective": 0.3, "control_norm": 0.25, "ess": 3.0, "reward_rise": pytest.approx(0.3)}
     assert health(AlignResult(prompt="p", response="r", reward=0.5, method="bon")) == {}
+
+
+def test_sea_picks_its_final_chain_by_the_objective():
+    """SEA with kl_coef: the result's objective is its raw reward + kl_coef * the teacher-forced mean base
+    log-probability of its response (EOS excluded: SEA's responses are cut at it); without kl_coef
+    there is no objective."""
+    from fastalign import sea_generate
+
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(chains=3, steps=2, max_new_tokens=5, backend="torch", progress=False, metrics=False, seed=2)
+    (res,) = sea_generate(model, tok, ["w1 w2 w3"], _tiny.SoftCountReward("w7"), kl_coef=0.5, **kw)
+    prompt = tok(res.prompt)["input_ids"]
+    lp = _teacher_forced_logprobs(model, prompt, list(res.response_ids))
+    assert res.objective == pytest.approx(res.reward + 0.5 * sum(lp) / len(lp), abs=2e-4)
+    assert res.objective <= res.reward
+    (raw,) = sea_generate(model, tok, ["w1 w2 w3"], _tiny.SoftCountReward("w7"), **kw)
+    assert raw.objective is None
