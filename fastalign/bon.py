@@ -77,12 +77,8 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
         progress: one line per round on stderr.
-        truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
-            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
-            raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
-            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
-            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
-            ``prompt_tokens`` and ``prompt_tokens_kept``.
+        truncate_prompt: what a prompt past the model's context does: raise before any forward (False)
+            or keep its last tokens that fit, with a warning (see :func:`fastalign.aisp.aisp_generate`).
 
     Returns:
         one :class:`fastalign.results.AlignResult` for a single prompt string, else a list; the trace has

@@ -194,12 +194,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: i
         backend: fused-op backend for ``sea_step`` / ``gaussian_perturb``.
         metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the final chains).
         progress: a line per evaluation on stderr.
-        truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
-            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
-            raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
-            (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
-            the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
-            ``prompt_tokens`` and ``prompt_tokens_kept``.
+        truncate_prompt: what a prompt past the model's context does: raise before any forward (False)
+            or keep its last tokens that fit, with a warning (see :func:`fastalign.aisp.aisp_generate`).
 
     Returns:
         :class:`fastalign.results.AlignResult` (a list for a list of prompts): the best final response over
