@@ -71,9 +71,10 @@ __all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "resolve_noi
            "control_health", "standardize_rewards", "DEFAULT_SIGMA", "DEFAULT_VARIANCE", "DEFAULT_REL_SIGMA",
            "DEFAULT_CONTROL_CAP", "DEFAULT_KL_COEF", "DEFAULT_LAM", "DEFAULT_NORMALIZE_REWARDS"]
 
-#: Default noise scale as a *variance* (the paper's "sigma = 0.5" read as sigma^2, as third-party reruns do).
+#: The former default, absolute, as a *variance* (the paper's "sigma = 0.5" read as sigma^2, as third-party
+#: reruns do); kept for callers that name it. The default is now relative (:data:`DEFAULT_REL_SIGMA`).
 DEFAULT_VARIANCE = 0.5
-#: The default noise std, sqrt(DEFAULT_VARIANCE) = 0.707.
+#: sqrt(DEFAULT_VARIANCE) = 0.707, the former default std.
 DEFAULT_SIGMA = math.sqrt(DEFAULT_VARIANCE)
 #: Default noise std relative to the prompt's pre-logits (``rel_sigma``; see the module docstring).
 DEFAULT_REL_SIGMA = 0.1

@@ -405,10 +405,10 @@ def _read_prompts(args) -> list[dict]:
 
 
 #: Defaults of ``fastalign align`` when an option is not given: small enough to finish in about a
-#: minute per prompt on 2 CPU cores with the embedded default model. AISP's noise and weights are the
-#: library's defaults (fastalign.aisp: variance 0.5 = std 0.707, z-scored rewards with lam 0.5), chosen
-#: by bench/bench_study.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
-#: keeps them equal).
+#: minute per prompt on 2 CPU cores with the embedded default model. AISP's noise, trust region and
+#: weights are the library's defaults (fastalign.aisp: rel_sigma 0.1, control_cap 0.5, z-scored rewards
+#: with lam 0.5), chosen by bench/bench_trust.py (bench/RESULTS.md); written out here so the CLI starts
+#: without torch (a test keeps them equal).
 #: ``--kl-coef``'s default for every method: the objective's beta is in reward units, and this value
 #: was chosen for the CLI's default reward (a cosine similarity in [-1, 1]) by bench/bench_trust.py; the
 #: library's default is 0 (the raw reward), so a reward of another scale starts from the paper's form.
