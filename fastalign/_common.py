@@ -170,15 +170,16 @@ def check_kl_coef(kl_coef) -> float:
     return check_float(kl_coef, "kl_coef", lo=0.0, hi=math.inf)
 
 
-def objective(rewards: torch.Tensor, rollouts: engine.Rollouts, kl_coef: float) -> torch.Tensor | None:
-    """``rewards [B, m] + kl_coef * mean_t log p_base(y_t | prompt, y_<t)`` of the ``B*m`` rollouts
-    (prompt-major), float64 on CPU; -inf rewards stay -inf. None when ``kl_coef`` is 0 (the methods then
-    maximise the raw reward)."""
+def objective(rewards: torch.Tensor, mean_logprob, kl_coef: float) -> torch.Tensor | None:
+    """``rewards + kl_coef * mean_logprob()`` (any shape; ``mean_logprob()`` returns each response's
+    ``mean_t log p_base(y_t | prompt, y_<t)``, as many values as ``rewards``, and is called only when
+    ``kl_coef > 0``), float64 on CPU; -inf rewards stay -inf. None when ``kl_coef`` is 0 (the methods
+    then maximise the raw reward)."""
     if not kl_coef:
         return None
-    mean_lp = rollouts.mean_base_logprob().to(device="cpu", dtype=torch.float64).view(rewards.shape)
+    lp = torch.as_tensor(mean_logprob()).to(device="cpu", dtype=torch.float64).view(rewards.shape)
     r = rewards.to(torch.float64)
-    return torch.where(torch.isneginf(r), r, r + kl_coef * mean_lp)
+    return torch.where(torch.isneginf(r), r, r + kl_coef * lp)
 
 
 def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,

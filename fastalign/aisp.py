@@ -120,7 +120,7 @@ def _update_control(u, rewards, lengths, udot, *, normalize_rewards, sigmas, lam
                     backend) -> tuple[torch.Tensor, torch.Tensor]:
     """One importance-sampling update of ``u [B, tau, d]`` from the iteration's ``rewards [B, n]`` (the
     raw rewards, or the objective); a prompt whose every rollout was rejected (-inf) keeps its control.
-    Returns ``(u_new, weights [B, n])`` (the weights of a kept control are uniform over its rollouts)."""
+    Returns ``(u_new, weights [B, n])`` (a kept control's weights are those of all-zero rewards)."""
     device = u.device
     used = standardize_rewards(rewards) if normalize_rewards else rewards
     hopeless = torch.isneginf(used).all(dim=1)
@@ -387,7 +387,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
         """The rollouts' rewards, and the objective the method maximises ([B, repeats] each)."""
         texts, id_lists = encoded.responses(tokenizer, roll)
         rewards = call_reward(reward, [p for p in prompts for _ in range(repeats)], texts).view(B, repeats)
-        goal = _common.objective(rewards, roll, st.kl_coef)
+        goal = _common.objective(rewards, roll.mean_base_logprob, st.kl_coef)
         best.update(rewards, texts, id_lists, goal)
         return rewards if goal is None else goal
 

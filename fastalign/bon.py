@@ -134,7 +134,8 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Bon
                                       compiled=step if m == per_round else None, base_logprobs=st.kl_coef > 0)
                 texts, id_lists = encoded.responses(tokenizer, roll)
                 rewards = call_reward(reward, [p for p in prompts for _ in range(m)], texts).view(B, m)
-                best.update(rewards, texts, id_lists, _common.objective(rewards, roll, st.kl_coef))
+                goal = _common.objective(rewards, roll.mean_base_logprob, st.kl_coef)
+                best.update(rewards, texts, id_lists, goal)
                 say(f"round {rnd + 1}/{rounds} ({start + m}/{st.n} samples): best "
                     + ", ".join(fmt(x) for x in best.reward) + f" ({time.perf_counter() - t0:.1f} s)")
 

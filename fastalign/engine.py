@@ -333,8 +333,7 @@ def prompt_head_norm(model, prompt_cache: PromptCache) -> torch.Tensor:
     prompt's value does not depend on the batch around it)."""
     ids, mask = prompt_cache.input_ids, prompt_cache.attention_mask
     norms = prompt_cache.head_norm
-    short = mask[:, :-1].sum(dim=1) == 0 if norms is not None else torch.ones(len(ids), dtype=torch.bool,
-                                                                           device=ids.device)
+    short = mask[:, :-1].sum(dim=1) == 0  # every row when P == 1 (nothing was prefilled)
     if bool(short.any()):
         norms = torch.zeros(len(ids)) if norms is None else norms.clone()
         api = model_interface(model)
@@ -534,7 +533,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
             nxt = torch.where(active, nxt, pad)
             if logprob is not None:
                 base = logits if base is None else _scatter_rows(base, run.rows, N)
-                step_lp = torch.log_softmax(base, dim=-1).gather(1, nxt.unsqueeze(1)).squeeze(1)
+                step_lp = base.gather(1, nxt.unsqueeze(1)).squeeze(1) - torch.logsumexp(base, dim=-1)
                 logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
             tokens[:, step] = nxt
             ended = active & torch.isin(nxt, eos)

@@ -29,19 +29,20 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["perplexities", "coherence", "distinct_n", "text_encoder", "attach"]
+__all__ = ["mean_logprobs", "perplexities", "coherence", "distinct_n", "text_encoder", "attach"]
 
 
 @torch.no_grad()
-def perplexities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[int],
-                 responses: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
-    """``exp(mean NLL)`` of each response under ``model`` given its prompt.
+def mean_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[int],
+                  responses: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
+    """``mean_t log p(response_t | prompt, response_<t)`` of each response under ``model``, from one
+    teacher-forced forward per batch of responses.
 
     Args:
         input_ids, attention_mask: ``[B, P]`` left-padded prompts (as the method encoded them).
         rows: for each response, the index of its prompt in ``input_ids``.
         responses: token ids of each response (EOS excluded); an empty response gives NaN.
-    Returns: one float per response.
+    Returns: one float per response (a float32 value).
     """
     from fastalign import engine
 
@@ -70,8 +71,16 @@ def perplexities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, r
         nll = -logp.gather(-1, resp.unsqueeze(-1)).squeeze(-1) * rmask
         mean = nll.sum(-1) / rmask.sum(-1)
         for j, i in enumerate(chunk):
-            out[i] = float(torch.exp(mean[j]))
+            out[i] = -float(mean[j])
     return out
+
+
+def perplexities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[int],
+                 responses: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
+    """``exp(mean NLL)`` of each response under ``model`` given its prompt (arguments as for
+    :func:`mean_logprobs`; an empty response gives NaN)."""
+    return [float(torch.exp(torch.tensor(-lp, dtype=torch.float32)))
+            for lp in mean_logprobs(model, input_ids, attention_mask, rows, responses, batch_size=batch_size)]
 
 
 @torch.no_grad()

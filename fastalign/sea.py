@@ -498,19 +498,19 @@ def _masked_mean(x: torch.Tensor, alive: torch.Tensor, B: int) -> list[float]:
 
 def _final_objective(model, encoded, rewards: torch.Tensor, ids: list[list[int]], chains: int,
                      kl_coef: float) -> torch.Tensor:
-    """What picks each prompt's final chain: the raw ``rewards [N]``, or with ``kl_coef > 0`` the objective
-    of :func:`fastalign.aisp.aisp_generate`, ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)``, the
-    base log-probabilities from one teacher-forced pass over the decoded chains (an empty response
-    scores -inf)."""
-    if not kl_coef:
-        return rewards.double()
+    """What picks each prompt's final chain: the raw ``rewards [N]``, or with ``kl_coef > 0``
+    :func:`fastalign._common.objective`, the base log-probabilities from one teacher-forced pass over
+    the decoded chains (an empty response scores -inf)."""
     from fastalign import metrics
 
-    with engine.eval_mode(model):
-        ppl = metrics.perplexities(model, encoded.input_ids, encoded.attention_mask,
-                                   [i // chains for i in range(len(ids))], ids)
-    mean_lp = torch.tensor([-math.log(p) if p == p else -math.inf for p in ppl], dtype=torch.float64)
-    return rewards.double() + kl_coef * mean_lp
+    def mean_logprob():
+        with engine.eval_mode(model):
+            lp = metrics.mean_logprobs(model, encoded.input_ids, encoded.attention_mask,
+                                       [i // chains for i in range(len(ids))], ids)
+        return [x if x == x else -math.inf for x in lp]
+
+    goal = _common.objective(rewards, mean_logprob, kl_coef)
+    return rewards.double() if goal is None else goal
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: SeaSettings, *,
