@@ -432,6 +432,11 @@ def _setting(args, method: str, key: str):
     return ALIGN_DEFAULTS[method].get(key) if value is None else value
 
 
+def _control_cap(args) -> float | None:
+    """AISP's trust region as the library takes it: ``--control-cap 0`` means none (None)."""
+    return _setting(args, "aisp", "control_cap") or None
+
+
 def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: bool | None = None) -> list:
     """Run the chosen method on one batch of prompts; returns AlignResult objects."""
     method = args.method
@@ -443,10 +448,9 @@ def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: b
         noise = ({"variance": args.variance} if args.variance is not None
                  else {"sigma": args.sigma} if args.sigma is not None
                  else {"rel_sigma": _setting(args, method, "rel_sigma")})
-        cap = _setting(args, method, "control_cap")
         return aisp_generate(model, tokenizer, prompts, reward, n=_setting(args, method, "n"),
                              iterations=_setting(args, method, "iterations"), **noise,
-                             control_cap=cap or None, kl_coef=_setting(args, method, "kl_coef"),
+                             control_cap=_control_cap(args), kl_coef=_setting(args, method, "kl_coef"),
                              lam=_setting(args, method, "lam"), alpha=_setting(args, method, "alpha"),
                              horizon=args.horizon, max_new_tokens=_setting(args, method, "max_new_tokens"),
                              normalize_rewards=_setting(args, method, "normalize_rewards"),
@@ -484,7 +488,7 @@ def _describe(args) -> dict:
             out["sigma"] = args.sigma
         else:
             out["rel_sigma"] = _setting(args, m, "rel_sigma")
-        out["control_cap"] = out["control_cap"] or None
+        out["control_cap"] = _control_cap(args)
     if m == "aisp" and args.horizon is not None:
         out["horizon"] = args.horizon
     if args.compile:
