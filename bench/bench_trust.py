@@ -54,14 +54,10 @@ SETTINGS = {
 BON_KL = (0.0, 0.05, 0.15)
 
 
-def _mean_se(xs):
-    m = statistics.fmean(xs)
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
-    return m, se
-
-
 def summarize(label: str, results: list, extra: dict | None = None) -> dict:
     """One row: means over prompts of what the results carry (AISP health where present)."""
+    from bench.bench_study import _mean_se
+
     row = {"setting": label, "prompts": len(results), "seconds": results[0].seconds}
     row["reward"], row["reward_se"] = _mean_se([r.reward for r in results])
     if results[0].objective is not None:
