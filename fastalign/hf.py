@@ -255,9 +255,11 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     return _as_generate_output(input_ids, results, encoded, T)
 
 
-#: SEA's settings (the keyword arguments of :func:`fastalign.sea.sea_generate` that SeaSettings.check takes)
+#: SEA's settings (the keyword arguments of :func:`fastalign.sea.sea_generate` that SeaSettings.check takes:
+#: the preset's options, left at ``sea.UNSET`` = the preset's value, and the named ones)
 _SEA_OPTIONS = {name: p.default for name, p in inspect.signature(_sea.sea_generate).parameters.items()
-                if name in inspect.signature(_sea.SeaSettings.check).parameters and name != "max_new_tokens"}
+                if (name in inspect.signature(_sea.SeaSettings.check).parameters or name in _sea.FASTALIGN)
+                and name != "max_new_tokens"}
 
 
 def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,

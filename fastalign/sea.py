@@ -56,10 +56,28 @@ __all__ = ["sea_generate", "run", "SeaSettings", "noise_schedule", "initial_samp
 
 
 def noise_schedule(noise_std, steps: int) -> list[float]:
-    """Per-step noise std: a constant, or ``(start, end)`` annealed geometrically (linearly if an end is 0)."""
+    """Per-step noise std (``steps`` values), from one of three forms:
+
+    * a number: constant;
+    * ``(start, end)``: annealed geometrically (linearly if an end is 0);
+    * ``((until_1, std_1), (until_2, std_2), ...)``: piecewise constant, ``std_i`` for the steps
+      ``s < until_i`` not covered by an earlier piece, the last std after the last piece (the SEA
+      authors' ``--large-noise-iters 50,100,150,200 --large-gs-std 0.1,0.05,0.01,0.001``).
+    """
+    if isinstance(noise_std, (tuple, list)) and noise_std and all(isinstance(x, (tuple, list)) for x in noise_std):
+        pieces = []
+        for i, piece in enumerate(noise_std):
+            if len(piece) != 2:
+                raise InputError(f"noise_std[{i}]: expected a pair (until_step, std), got {piece!r}")
+            until = _common.check_int(piece[0], f"noise_std[{i}][0]", lo=0)
+            if pieces and until <= pieces[-1][0]:
+                raise InputError(f"noise_std: the pieces' steps must increase, got {noise_std!r}")
+            pieces.append((until, _common.check_float(piece[1], f"noise_std[{i}][1]", lo=0.0, hi=math.inf)))
+        return [next((std for until, std in pieces if s < until), pieces[-1][1]) for s in range(steps)]
     if isinstance(noise_std, (tuple, list)):
         if len(noise_std) != 2:
-            raise InputError(f"noise_std: expected a number or a pair (start, end), got {noise_std!r}")
+            raise InputError(f"noise_std: expected a number, a pair (start, end) or pairs (until_step, std), "
+                             f"got {noise_std!r}")
         a = _common.check_float(noise_std[0], "noise_std[0]", lo=0.0, hi=math.inf)
         b = _common.check_float(noise_std[1], "noise_std[1]", lo=0.0, hi=math.inf)
         if steps == 1:
@@ -75,6 +93,54 @@ def _choice(value, name: str, allowed: tuple):
     if value not in allowed:
         raise InputError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
     return value
+
+
+class _Unset:
+    """The default of every tunable SEA option: "take it from the preset"."""
+
+    def __repr__(self) -> str:
+        return "<preset>"
+
+
+UNSET = _Unset()
+
+#: fastalign's SEA: the settings ``preset="fastalign"`` (the default) stands for; each chosen by the rule
+#: of bench/RESULTS.md *SEA as its authors run it (issue 22)* unless a comment says otherwise.
+FASTALIGN = dict(
+    chains=4, steps=40, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
+    clip="chain", init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
+    fluency="detached", flu_form="forward", flu_topk=None, flu_weight=1.0, reward_weight=50.0,
+    reward_input="tokens", reward_temp=0.1, lm_input="argmax", decoding="lm_topk", decode_topk=5,
+    select="best", eval_every=1, patience=None,
+)
+
+#: The SEA authors' run script (their released code: the ``main.py`` options, ``decoding.py``'s loop and
+#: ``util.py``'s ``initialize`` / ``soft_nll``; the run script passes ``--num-iters 200 --lr 0.01
+#: --reward-weight 1 --flu-weight 0.1 --topk 10 --div RKL --detach --init-temp 10 --reward-temp 0.1
+#: --straight-through --large-noise-iters 50,100,150,200 --large-gs-std 0.1,0.05,0.01,0.001 --batch-size 4
+#: --patience 100``), choice by choice:
+AUTHORS = dict(
+    chains=4,                       # --batch-size 4: chains per prompt
+    steps=199,                      # --num-iters 200: 200 evaluations, the last without an update
+    lr=0.01, optimizer="adam",      # --lr 0.01, --optim adam (torch.optim.Adam on the logits)
+    noise="eval",                   # y_eval = epsilon + noise, fresh noise each iteration, never accumulated
+    noise_std=((1, 0.0), (51, 0.1), (101, 0.05), (151, 0.01), (201, 0.001)),  # drawn after iteration i-1
+    max_norm=None, clip=None,       # clip_grad_norm_ is commented out in their loop
+    init_temp=10.0,                 # --init-temp 10: y0 = base logits along the sample / 10 (a flat start)
+    init_sample_temp=0.8,           # initialize(): model.generate(do_sample=True, temperature=0.8)
+    soft_temp=1.0,                  # --input-lgt-temp 1
+    soft_tokens="straight_through", # --straight-through: the LM sees (near) one-hot tokens
+    fluency="detached",             # --detach: the LM's output is a constant target
+    flu_form="reverse",             # --div RKL: -sum softmax(y) log p_LM
+    flu_topk=None,                  # RKL filters neither side
+    flu_weight=0.1, reward_weight=1.0,  # --flu-weight 0.1 --reward-weight 1
+    reward_input="soft", reward_temp=0.1,  # the reward model embeds softmax(y / 0.1)
+    lm_input="decoded",             # their LM input is y filtered to the LM's top-k (the decoding rule)
+    decoding="lm_topk", decode_topk=10,    # decode_with_model_topk with --topk 10
+    select="best", eval_every=1,    # every iteration decodes and scores each chain, keeps its best
+    patience=100,                   # --patience 100: stop after 100 iterations without a better chain
+)
+PRESETS = {"fastalign": FASTALIGN, "authors": AUTHORS}
 
 
 @dataclass(frozen=True)
@@ -94,125 +160,184 @@ class SeaSettings:
     soft_temp: float
     soft_tokens: str
     fluency: str
+    flu_form: str
     flu_topk: int | None
     flu_weight: float
     reward_weight: float
+    reward_input: str
+    reward_temp: float
+    lm_input: str
     decoding: str
     decode_topk: int
-    max_new_tokens: int
+    select: str
     eval_every: int | None
+    patience: int | None
+    max_new_tokens: int
     seed: object
     backend: str | None
     kl_coef: float = 0.0
+    preset: str = "fastalign"
 
     @classmethod
-    def check(cls, *, chains, steps, lr, optimizer, noise, noise_std, max_norm, clip, init_temp, init_sample_temp,
-              soft_temp, soft_tokens, fluency, flu_topk, flu_weight, reward_weight, decoding, decode_topk,
-              max_new_tokens, eval_every, seed, backend, kl_coef=0.0) -> "SeaSettings":
-        steps = _common.check_int(steps, "steps", lo=0)
-        noise = _choice(noise, "noise", ("langevin", "eval", "none"))
-        clip = _choice(clip, "clip", ("chain", "row", "global", None))
-        if clip is None:
-            max_norm = None
-        elif max_norm is not None:
-            max_norm = _common.check_float(max_norm, "max_norm", positive=True)
-        stds = noise_schedule(noise_std, max(steps, 1)) if noise != "none" else [0.0] * max(steps, 1)
-        return cls(chains=_common.check_int(chains, "chains"), steps=steps,
-                   lr=_common.check_float(lr, "lr", lo=0.0, hi=math.inf),
-                   optimizer=_choice(optimizer, "optimizer", ("adam", "sgld")), noise=noise, stds=tuple(stds),
+    def check(cls, *, preset="fastalign", max_new_tokens, seed, backend, kl_coef=0.0, **options) -> "SeaSettings":
+        """Settings from ``preset`` (a name of :data:`PRESETS`) with ``options`` on top (an option left
+        at :data:`UNSET` takes the preset's value)."""
+        base = PRESETS.get(preset) if isinstance(preset, str) else None
+        if base is None:
+            raise InputError(f"preset: expected one of {', '.join(repr(p) for p in PRESETS)}, got {preset!r}")
+        unknown = sorted(set(options) - set(base))
+        if unknown:
+            raise InputError(f"sea: unknown option(s) {', '.join(unknown)}; the options are {', '.join(base)}")
+        o = {**base, **{k: v for k, v in options.items() if v is not UNSET}}
+        steps = _common.check_int(o["steps"], "steps", lo=0)
+        noise = _choice(o["noise"], "noise", ("langevin", "eval", "none"))
+        clip = _choice(o["clip"], "clip", ("chain", "row", "global", None))
+        max_norm = None if clip is None or o["max_norm"] is None else \
+            _common.check_float(o["max_norm"], "max_norm", positive=True)
+        # "langevin": one std per update (steps); "eval": one per evaluation point (steps + 1, the last
+        # one decoded after the last update)
+        points = steps + 1 if noise == "eval" else max(steps, 1)
+        stds = noise_schedule(o["noise_std"], points) if noise != "none" else [0.0] * points
+        flu_form = _choice(o["flu_form"], "flu_form", ("forward", "reverse"))
+        flu_topk = None if o["flu_topk"] is None else _common.check_int(o["flu_topk"], "flu_topk")
+        if flu_topk is not None and flu_form == "reverse":
+            raise InputError("flu_topk: filters the forward form's target only (flu_form='forward')")
+        fluency = _choice(o["fluency"], "fluency", ("full", "detached"))
+        lm_input = _choice(o["lm_input"], "lm_input", ("argmax", "decoded"))
+        decoding = _choice(o["decoding"], "decoding", ("argmax", "lm_topk"))
+        if lm_input == "decoded" and (fluency != "detached" or decoding != "lm_topk"):
+            raise InputError("lm_input='decoded': needs fluency='detached' and decoding='lm_topk' (the LM reads "
+                             "the decoded tokens)")
+        select = _choice(o["select"], "select", ("best", "final"))
+        eval_every = None if o["eval_every"] is None else _common.check_int(o["eval_every"], "eval_every")
+        if select == "best" and eval_every is None:
+            raise InputError("eval_every: select='best' keeps the best evaluated iterate; give how often to "
+                             "evaluate (1: every step)")
+        return cls(chains=_common.check_int(o["chains"], "chains"), steps=steps,
+                   lr=_common.check_float(o["lr"], "lr", lo=0.0, hi=math.inf),
+                   optimizer=_choice(o["optimizer"], "optimizer", ("adam", "sgld")), noise=noise, stds=tuple(stds),
                    max_norm=max_norm, clip=clip,
-                   init_temp=_common.check_float(init_temp, "init_temp", positive=True),
-                   init_sample_temp=_common.check_float(init_sample_temp, "init_sample_temp", lo=0.0, hi=math.inf),
-                   soft_temp=_common.check_float(soft_temp, "soft_temp", positive=True),
-                   soft_tokens=_choice(soft_tokens, "soft_tokens", ("soft", "straight_through")),
-                   fluency=_choice(fluency, "fluency", ("full", "detached")),
-                   flu_topk=None if flu_topk is None else _common.check_int(flu_topk, "flu_topk"),
-                   flu_weight=_common.check_float(flu_weight, "flu_weight", lo=0.0, hi=math.inf),
-                   reward_weight=_common.check_float(reward_weight, "reward_weight", lo=0.0, hi=math.inf),
-                   decoding=_choice(decoding, "decoding", ("argmax", "lm_topk")),
-                   decode_topk=_common.check_int(decode_topk, "decode_topk"),
+                   init_temp=_common.check_float(o["init_temp"], "init_temp", positive=True),
+                   init_sample_temp=_common.check_float(o["init_sample_temp"], "init_sample_temp", lo=0.0,
+                                                        hi=math.inf),
+                   soft_temp=_common.check_float(o["soft_temp"], "soft_temp", positive=True),
+                   soft_tokens=_choice(o["soft_tokens"], "soft_tokens", ("soft", "straight_through")),
+                   fluency=fluency, flu_form=flu_form, flu_topk=flu_topk,
+                   flu_weight=_common.check_float(o["flu_weight"], "flu_weight", lo=0.0, hi=math.inf),
+                   reward_weight=_common.check_float(o["reward_weight"], "reward_weight", lo=0.0, hi=math.inf),
+                   reward_input=_choice(o["reward_input"], "reward_input", ("tokens", "soft")),
+                   reward_temp=_common.check_float(o["reward_temp"], "reward_temp", positive=True),
+                   lm_input=lm_input, decoding=decoding,
+                   decode_topk=_common.check_int(o["decode_topk"], "decode_topk"), select=select,
+                   eval_every=eval_every,
+                   patience=None if o["patience"] is None else _common.check_int(o["patience"], "patience"),
                    max_new_tokens=_common.check_int(max_new_tokens, "max_new_tokens"),
-                   eval_every=None if eval_every is None else _common.check_int(eval_every, "eval_every"),
-                   seed=seed, backend=backend, kl_coef=_common.check_kl_coef(kl_coef))
+                   seed=seed, backend=backend, kl_coef=_common.check_kl_coef(kl_coef), preset=preset)
 
 
-def sea_generate(model, tokenizer, prompts, reward, *, chains: int = 4, steps: int = 40, lr: float = 0.1,
-                 optimizer: str = "adam", noise: str = "langevin", noise_std=(0.1, 0.001), max_norm: float | None = 1.0,
-                 clip: str | None = "chain", init_temp: float = 0.5, init_sample_temp: float = 1.0,
-                 soft_temp: float = 1.0, soft_tokens: str = "straight_through", fluency: str = "detached",
-                 flu_topk: int | None = None, flu_weight: float = 1.0, reward_weight: float = 50.0,
-                 decoding: str = "lm_topk", decode_topk: int = 5, max_new_tokens: int = 32,
-                 eval_every: int | None = None, soft_reward=None, seed=0, backend: str | None = None,
-                 kl_coef: float = 0.0,
-                 chat_template: bool | None = None, metrics: bool = True, progress: bool = True,
-                 truncate_prompt: bool = False):
-    """Align responses to ``prompts`` with SEA (defaults measured on SmolLM2-135M-Instruct with the
-    all-MiniLM cosine reward, ``bench/bench_sea.py`` and ``bench/RESULTS.md`` *SEA options*; the paper's /
-    COLD's choice is named beside each). Measured there: soft tokens with argmax decoding (the pre-issue
-    sampler) and straight-through with argmax decoding raise the reward (0.127 -> 0.315 / 0.369) but
-    their text is word salad (perplexity 856 / 1314 against 20.5 for the sampled start); COLD's LM-top-k
-    decoding keeps it fluent (perplexity 11.2, reward 0.208).
+def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign", chains=UNSET, steps=UNSET,
+                 lr=UNSET, optimizer=UNSET, noise=UNSET, noise_std=UNSET, max_norm=UNSET, clip=UNSET,
+                 init_temp=UNSET, init_sample_temp=UNSET, soft_temp=UNSET, soft_tokens=UNSET, fluency=UNSET,
+                 flu_form=UNSET, flu_topk=UNSET, flu_weight=UNSET, reward_weight=UNSET, reward_input=UNSET,
+                 reward_temp=UNSET, lm_input=UNSET, decoding=UNSET, decode_topk=UNSET, select=UNSET,
+                 eval_every=UNSET, patience=UNSET, max_new_tokens: int = 32, soft_reward=None, seed=0,
+                 backend: str | None = None, kl_coef: float = 0.0, chat_template: bool | None = None,
+                 metrics: bool = True, progress: bool = True, truncate_prompt: bool = False):
+    """Align responses to ``prompts`` with SEA.
+
+    Every optimisation option defaults to the ``preset``'s value: ``"fastalign"`` (:data:`FASTALIGN`,
+    measured on SmolLM2-135M-Instruct with the all-MiniLM cosine reward, ``bench/RESULTS.md`` *SEA as its
+    authors run it*) or ``"authors"`` (:data:`AUTHORS`, the SEA authors' run script, choice by choice
+    with where each comes from); an option given here overrides the preset. Below, "fastalign: x;
+    authors: z" names both presets' values.
 
     Args:
         model, tokenizer, prompts: as in :func:`fastalign.aisp.aisp_generate`.
         reward: the string reward ``reward(prompts, responses) -> [N]``, used to score decoded
             responses; unless ``soft_reward`` is given it must also provide the differentiable form
             (``reward.soft_reward_fn(model, tokenizer)``, see :func:`fastalign.rewards.as_soft_reward`).
-        chains: chains per prompt, each from its own base sample; the best-rewarded final response is
-            kept (4; the paper: 4, its ablation finds 1 chain clearly worse).
-        steps: optimisation steps (40).
-        lr: step size (0.1 with Adam; the SEA code uses Adam on the logits).
-        optimizer: ``"adam"`` (the SEA code) or ``"sgld"`` (textbook Langevin).
-        noise: ``"langevin"`` (the paper's update: the noise stays in ``y``; measured: 0.246 against
-            0.218 for ``"eval"`` on two prompts, perplexity 9.1 against 10.4), ``"eval"`` (the SEA/COLD
-            code: noise at the evaluation point, dropped) or ``"none"``.
-        noise_std: constant or ``(start, end)`` annealed geometrically (0.1 -> 0.001).
+        preset: ``"fastalign"`` or ``"authors"``.
+        chains: chains per prompt, each from its own base sample (4; the paper's ablation finds 1 chain
+            clearly worse).
+        steps: optimisation steps (updates); ``steps + 1`` points are evaluated, the start included
+            (fastalign: 40; authors: 199, their 200 iterations of which the last does not update).
+        lr, optimizer: step size and ``"adam"`` (both presets) or ``"sgld"`` (textbook Langevin)
+            (fastalign: 0.1; authors: 0.01).
+        noise: ``"langevin"`` (the noise stays in ``y``: the paper's update; fastalign), ``"eval"`` (the
+            gradient is taken, and the point decoded, at ``y + std * xi`` with fresh noise each step, never
+            accumulated: the authors' code) or ``"none"``.
+        noise_std: a constant, ``(start, end)`` annealed geometrically (fastalign: 0.1 -> 0.001) or
+            piecewise ``((until_step, std), ...)`` (authors: none at the start, then 0.1 / 0.05 / 0.01 /
+            0.001 switching at evaluations 51 / 101 / 151): see :func:`noise_schedule`.
         max_norm, clip: gradient-norm clipping before the update, inside the fused step: each clip group's
-            gradient is scaled by ``min(1, max_norm / (norm + 1e-6))`` (``clip``: ``"chain"`` per chain, the
-            default, keeps chains independent; ``"row"`` per position; ``"global"`` whole tensor as
-            ``clip_grad_norm_``; ``max_norm=None`` or ``clip=None``: none). The paper clips; 1.0.
-        init_temp: ``y`` starts at the base logits along the sample divided by this (0.5).
-        init_sample_temp: temperature of the initial samples (1.0; 0 for the greedy response).
-        soft_temp: soft tokens are ``softmax(y / soft_temp)`` (1.0).
-        soft_tokens: ``"straight_through"`` (the paper; COLD feeds ``y / 0.001`` straight-through: the
-            forward sees ``argmax(y)``) or ``"soft"`` (the plain softmax blend of embeddings).
-        fluency: ``"detached"`` (COLD: the base LM's distributions are a constant target, no backward
-            through the LM) or ``"full"`` (differentiated through the LM).
-        flu_topk: keep only the base LM's top-k tokens in the fluency target (COLD filters it; None: all).
-        flu_weight, reward_weight: energy weights (1 and 50).
+            gradient is scaled by ``min(1, max_norm / (norm + 1e-6))`` (``clip``: ``"chain"`` per chain,
+            ``"row"`` per position, ``"global"`` whole tensor as ``clip_grad_norm_``; None: none)
+            (fastalign: per chain at 1.0; authors: none, their ``clip_grad_norm_`` is commented out).
+        init_temp: ``y`` starts at the base logits along the initial sample divided by this (fastalign:
+            0.5; authors: 10, a flat start that moves easily).
+        init_sample_temp: temperature of the initial samples (fastalign: 1.0; authors: 0.8; 0: greedy).
+        soft_temp: the fluency term's distribution is ``softmax(y / soft_temp)`` (1.0).
+        soft_tokens: what the base LM reads: ``"straight_through"`` (one-hot forward, softmax gradient;
+            both presets) or ``"soft"`` (the plain softmax blend of embeddings).
+        fluency: ``"detached"`` (the base LM's distributions are a constant target, no backward through
+            the LM; both presets) or ``"full"`` (differentiated through the LM).
+        flu_form: ``"forward"``: COLD's ``-sum_v p_LM(v) log softmax(y)(v)`` (fastalign) or
+            ``"reverse"``: ``-sum_v softmax(y)(v) log p_LM(v)`` (authors, ``--div RKL``); averaged over
+            the response positions.
+        flu_topk: keep only the base LM's top-k tokens in the forward form's target (None: all).
+        flu_weight, reward_weight: energy weights (fastalign: 1 and 50; authors: 0.1 and 1).
+        reward_input: what the differentiable reward reads: ``"tokens"`` (the LM's input, e.g. the
+            straight-through one-hot; fastalign) or ``"soft"``: ``softmax(y / reward_temp)`` blended
+            embeddings (authors).
+        reward_temp: temperature of ``reward_input="soft"`` (0.1).
+        lm_input: the tokens the detached fluency target is computed along: ``"argmax"`` (``argmax(y)``;
+            fastalign) or ``"decoded"`` (this step's LM-top-k decoding of ``y``, which the authors' LM
+            input approximates by one parallel sweep: their ``y`` filtered to the previous iteration's
+            LM top-k).
         decoding: ``"lm_topk"`` (COLD: at each position the base LM's ``decode_topk`` most likely tokens
-            given the decoded prefix, the one ``y`` ranks highest) or ``"argmax"`` (``argmax(y)``).
-        decode_topk: k of ``"lm_topk"`` (5).
-        max_new_tokens: response length L (32).
-        eval_every: also decode and score the responses every this many steps (more reward calls;
-            the initial and final responses are always scored).
+            given the decoded prefix, the one ``y`` ranks highest; both presets) or ``"argmax"``.
+        decode_topk: k of ``"lm_topk"`` (fastalign: 5; authors: 10).
+        select: ``"best"``: every ``eval_every`` steps each chain's point is decoded and scored and
+            each chain keeps its best iterate, its initial sample included, so no chain ends below its
+            start; the best chain answers (both presets). ``"final"``: the best of the chains' final
+            points (the former behaviour).
+        eval_every: steps between evaluations (1; with ``"final"`` None evaluates the end only). The
+            LM-top-k decoding of an evaluation is a parallel fixed-point iteration that re-runs the LM
+            only for the chains whose tokens changed (:func:`decode_parallel`).
+        patience: stop once this many evaluations in a row improved no chain (fastalign: None, never;
+            authors: 100).
+        max_new_tokens: response length L (32; the authors use 50).
         soft_reward: the differentiable reward ``soft(prompts, probs [N, L, V], lengths [N]) -> [N]``.
         seed: int or one int per prompt; chain c of a prompt hashes (seed, prompt, c).
-        kl_coef: pick the final chain by ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)`` (the
-            objective of :func:`fastalign.aisp.aisp_generate`; one teacher-forced pass of the base model
-            over the final chains); 0: by the raw reward.
+        kl_coef: rank iterates and chains by ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)`` (the
+            objective of :func:`fastalign.aisp.aisp_generate`; the log-probabilities come from the LM
+            forwards the decoding already ran); 0: by the raw reward.
         backend: fused-op backend for ``sea_step`` / ``gaussian_perturb``.
-        metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the final chains).
+        metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the chains' answers).
         progress: a line per evaluation on stderr.
         truncate_prompt: what a prompt past the model's context does: raise before any forward (False)
             or keep its last tokens that fit, with a warning (see :func:`fastalign.aisp.aisp_generate`).
 
     Returns:
-        :class:`fastalign.results.AlignResult` (a list for a list of prompts): the best final response over
-        the prompt's (finite) chains, its reward, ``base_response`` / ``base_reward`` (the first chain's
-        sampled initial response), the decoded-reward trace (mean/max over chains per evaluation) and in
-        ``extra``: ``energy``, ``soft_reward``, ``fluency`` (mean over finite chains per step, at the
-        evaluation point), ``grad_norm`` (per step, one value per chain: its clip-group norm, the largest
-        row norm for ``clip="row"``, the global norm for ``clip="global"``), ``failed_chains``,
-        ``lm_forward_rows`` (LM rows run for the energy; fewer than ``steps * chains`` when memoised).
+        :class:`fastalign.results.AlignResult` (a list for a list of prompts): the answer of the prompt's
+        best (finite) chain, its reward, ``base_response`` / ``base_reward`` (the first chain's sampled
+        initial response), the decoded-reward trace (mean/max over chains per evaluation) and in ``extra``:
+        ``energy``, ``soft_reward``, ``fluency`` (mean over finite chains per step, at the evaluation
+        point), ``grad_norm`` (per step, one value per chain: its clip-group norm, the largest row norm
+        for ``clip="row"``, the global norm for ``clip="global"``), ``best_step`` (per chain, the
+        evaluation its answer comes from; -1: its initial sample), ``start_reward`` (per chain),
+        ``steps_run`` (fewer than ``steps`` after an early stop), ``failed_chains``, ``lm_forward_rows``
+        (LM rows run for the energy and the decoding; memoised rows are not run again).
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
-    st = SeaSettings.check(chains=chains, steps=steps, lr=lr, optimizer=optimizer, noise=noise, noise_std=noise_std,
-                           max_norm=max_norm, clip=clip, init_temp=init_temp, init_sample_temp=init_sample_temp,
-                           soft_temp=soft_temp, soft_tokens=soft_tokens, fluency=fluency, flu_topk=flu_topk,
-                           flu_weight=flu_weight, reward_weight=reward_weight, decoding=decoding,
-                           decode_topk=decode_topk, max_new_tokens=max_new_tokens, eval_every=eval_every, seed=seed,
+    st = SeaSettings.check(preset=preset, chains=chains, steps=steps, lr=lr, optimizer=optimizer, noise=noise,
+                           noise_std=noise_std, max_norm=max_norm, clip=clip, init_temp=init_temp,
+                           init_sample_temp=init_sample_temp, soft_temp=soft_temp, soft_tokens=soft_tokens,
+                           fluency=fluency, flu_form=flu_form, flu_topk=flu_topk, flu_weight=flu_weight,
+                           reward_weight=reward_weight, reward_input=reward_input, reward_temp=reward_temp,
+                           lm_input=lm_input, decoding=decoding, decode_topk=decode_topk, select=select,
+                           eval_every=eval_every, patience=patience, max_new_tokens=max_new_tokens, seed=seed,
                            backend=backend, kl_coef=kl_coef)
     device = _common.check_model_and_reward(model, reward, backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
@@ -294,8 +419,8 @@ class BaseLM:
                           resp_mask.to(in_dev).long()], dim=1)
         self.mask = mask
         self.position_ids = engine.position_ids(mask)[:, encoded.input_ids.shape[1] - 1:]
-        self.memo_tokens: torch.Tensor | None = None
-        self.memo_logits: torch.Tensor | None = None
+        #: memo slot name -> (tokens [N, L], logits [N, L, V]): the latest logits along each kind of tokens
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rows_run = 0
 
     def _fork(self, rows: torch.Tensor):
@@ -330,25 +455,40 @@ class BaseLM:
 
     @torch.no_grad()
     def target(self, q: torch.Tensor, one_hot: bool) -> torch.Tensor:
-        """Detached logits ``[N, L, V]``; for one-hot ``q`` the embedding is a row lookup (the same
-        values as ``q @ E``) and the logits are memoised per chain."""
+        """Detached logits ``[N, L, V]`` along soft tokens ``q``; for one-hot ``q`` the logits along its
+        tokens, memoised (:meth:`logits_along`)."""
         if not one_hot:
             return self.logits(q)
-        tokens = q.argmax(-1)
-        if self.memo_tokens is None:
-            changed = torch.arange(tokens.shape[0], device=tokens.device)
-            self.memo_logits = torch.empty(0)
-        else:
-            changed = (tokens != self.memo_tokens).any(-1).nonzero().squeeze(1)
-        if len(changed):
-            emb = self.E[tokens[changed].to(self.E.device)] * self.scale
-            fresh = self._forward(emb, changed)
-            if self.memo_tokens is None:
-                self.memo_logits = fresh
+        return self.logits_along(q.argmax(-1), "argmax")
+
+    @torch.no_grad()
+    def logits_along(self, tokens: torch.Tensor, slot: str) -> torch.Tensor:
+        """Detached logits ``[N, L, V]`` along the response ids ``tokens [N, L]`` (position l predicts
+        token l). Memoised per chain: a chain whose tokens equal those of the latest call for any slot
+        reuses that call's logits; only the other chains run (one forward, their cache forked from the
+        prompts'), and the result is kept as ``slot``'s latest. The embedding is a row lookup (the same
+        values as ``one_hot @ E``)."""
+        tokens = tokens.to(self.device)
+        N = tokens.shape[0]
+        have = torch.zeros(N, dtype=torch.bool, device=self.device)
+        out = None
+        for memo_tokens, memo_logits in self.memo.values():
+            same = (memo_tokens == tokens).all(-1) & ~have
+            if bool(same.any()):
+                out = torch.empty_like(memo_logits) if out is None else out
+                out[same] = memo_logits[same]
+                have |= same
+        missing = (~have).nonzero().squeeze(1)
+        if len(missing):
+            emb = self.E[tokens[missing].to(self.E.device)] * self.scale
+            fresh = self._forward(emb, missing)
+            if out is None and len(missing) == N:
+                out = fresh
             else:
-                self.memo_logits[changed] = fresh
-            self.memo_tokens = tokens
-        return self.memo_logits
+                out = fresh.new_empty((N,) + fresh.shape[1:]) if out is None else out
+                out[missing.to(out.device)] = fresh
+        self.memo[slot] = (tokens.clone(), out)
+        return out
 
 
 def fluency_target(logits: torch.Tensor, topk: int | None) -> torch.Tensor:
@@ -371,23 +511,39 @@ class Energy:
     finite: torch.Tensor
 
 
+def _fluency_logits(y_eval: torch.Tensor, lm: BaseLM, st: SeaSettings, decoded: torch.Tensor | None):
+    """The base LM's logits ``[N, L, V]`` the fluency term compares ``y`` with, and the LM's soft tokens
+    ``q`` when the energy needs them (``None`` otherwise)."""
+    if st.fluency == "full":
+        q = soft_tokens(y_eval, st.soft_tokens, st.soft_temp)
+        return lm.logits(q), q
+    if st.lm_input == "decoded":
+        return lm.logits_along(decoded, "decoded"), None
+    if st.soft_tokens == "straight_through":
+        return lm.logits_along(y_eval.detach().argmax(-1), "argmax"), None
+    q = soft_tokens(y_eval, st.soft_tokens, st.soft_temp)
+    return lm.target(q.detach(), one_hot=False), q
+
+
 def energy_and_grad(y_eval: torch.Tensor, lm: BaseLM, soft, prompts_rep: list[str], resp_mask: torch.Tensor,
-                    st: SeaSettings) -> Energy:
-    """The energy of ``y_eval [N, L, V]`` and its gradient (see the module docstring)."""
+                    st: SeaSettings, decoded: torch.Tensor | None = None) -> Energy:
+    """The energy of ``y_eval [N, L, V]`` and its gradient (see the module docstring); ``decoded [N, L]``:
+    this point's decoded tokens (needed for ``lm_input="decoded"``)."""
     lengths = resp_mask.sum(-1)
     with torch.enable_grad():
         y_eval = y_eval.detach().requires_grad_(True)
-        q = soft_tokens(y_eval, st.soft_tokens, st.soft_temp)
-        if st.fluency == "detached":
-            logits = lm.target(q.detach(), one_hot=st.soft_tokens == "straight_through")
-        else:
-            logits = lm.logits(q)
-        p_base = fluency_target(logits, st.flu_topk)
-        log_q = torch.log_softmax(y_eval / st.soft_temp, dim=-1)
-        ce = -(p_base * log_q).sum(-1)  # [N, L]
+        logits, q = _fluency_logits(y_eval, lm, st, decoded)
+        if st.flu_form == "forward":  # COLD: -sum p_LM log softmax(y)
+            ce = -(fluency_target(logits, st.flu_topk) * torch.log_softmax(y_eval / st.soft_temp, dim=-1)).sum(-1)
+        else:  # the SEA authors' RKL: -sum softmax(y) log p_LM
+            ce = -(torch.softmax(y_eval / st.soft_temp, dim=-1) * torch.log_softmax(logits, dim=-1)).sum(-1)
         m = resp_mask.to(ce.dtype)
-        fluency = (ce * m).sum(-1) / m.sum(-1).clamp_min(1)
-        r_soft = soft(prompts_rep, q, lengths).to(fluency.dtype)
+        fluency = (ce * m).sum(-1) / m.sum(-1).clamp_min(1)  # [N]
+        if st.reward_input == "soft":
+            r_in = torch.softmax(y_eval / st.reward_temp, dim=-1)
+        else:
+            r_in = q if q is not None else soft_tokens(y_eval, st.soft_tokens, st.soft_temp)
+        r_soft = soft(prompts_rep, r_in, lengths).to(fluency.dtype)
         energy = -st.reward_weight * r_soft + st.flu_weight * fluency  # [N]
         (grad,) = torch.autograd.grad(energy.sum(), y_eval)
     finite = torch.isfinite(energy) & torch.isfinite(grad).flatten(1).all(1)
@@ -400,9 +556,8 @@ def energy_and_grad(y_eval: torch.Tensor, lm: BaseLM, soft, prompts_rep: list[st
 # ------------------------------------------------------------------------------------------------
 def evaluation_point(y: torch.Tensor, st: SeaSettings, seeds: torch.Tensor, step: int) -> torch.Tensor:
     """Where the gradient of step ``step`` is taken: ``y + std * xi`` for ``noise="eval"``, else ``y``."""
-    std = st.stds[step]
-    if st.noise == "eval" and std > 0:
-        return ops.gaussian_perturb(y, std=std, seed=seeds, step=step, backend=st.backend)
+    if st.noise == "eval" and st.stds[step] > 0:
+        return ops.gaussian_perturb(y, std=st.stds[step], seed=seeds, step=step, backend=st.backend)
     return y
 
 
@@ -437,6 +592,62 @@ def decode_tokens(model, encoded: _common.EncodedPrompts, y: torch.Tensor, st: S
     return tokens
 
 
+def _pad_after_eos(tokens: torch.Tensor, eos_ids, pad_id: int) -> torch.Tensor:
+    """``tokens [N, L]`` with every position after each row's first EOS set to ``pad_id`` (the EOS kept)."""
+    if not eos_ids:
+        return tokens
+    is_eos = torch.isin(tokens, torch.tensor(list(eos_ids), device=tokens.device))
+    after = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return tokens.masked_fill(after, pad_id)
+
+
+def lm_topk_choice(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """COLD's LM-top-k rule at every position at once: among the ``k`` tokens with the highest
+    ``logits [N, L, V]``, the one ``y [N, L, V]`` ranks highest (ties: the LM's order). ``[N, L]`` ids."""
+    cand = logits.topk(min(k, logits.shape[-1]), dim=-1).indices.to(y.device)  # [N, L, k]
+    best = y.gather(-1, cand).argmax(-1, keepdim=True)
+    return cand.gather(-1, best).squeeze(-1)
+
+
+@torch.no_grad()
+def decode_parallel(lm: BaseLM, y: torch.Tensor, st: SeaSettings, eos_ids, pad_id: int,
+                    start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM-top-k decoding of ``y [N, L, V]`` (:func:`decode_tokens`'s ids) as a fixed point, with
+    the LM's logits along it: ``(tokens [N, L], logits [N, L, V])``.
+
+    Position l's choice depends only on the tokens before it, so from any start the iteration
+    ``d <- pad_after_eos(lm_topk_choice(logits_along(d), y))`` fixes one more position per sweep at least
+    and reaches the sequential decoding after at most L sweeps (+1 to see it unchanged). Started from
+    the previous evaluation's tokens (``start``; else ``argmax(y)``) it usually takes one or two, and
+    :meth:`BaseLM.logits_along` re-runs only the chains whose tokens changed: an evaluation costs a few
+    batched forwards instead of L sequential ones.
+    """
+    d = _pad_after_eos((y.argmax(-1) if start is None else start).to(y.device), eos_ids, pad_id)
+    for _ in range(y.shape[1] + 1):
+        logits = lm.logits_along(d, "decoded")
+        new = _pad_after_eos(lm_topk_choice(logits, y, st.decode_topk), eos_ids, pad_id)
+        if torch.equal(new, d):
+            return d, logits
+        d = new
+    raise AssertionError("decode_parallel: no fixed point after L + 1 sweeps")  # cannot happen (see above)
+
+
+def _id_lengths(ids: list[list[int]]) -> torch.Tensor:
+    """``[N]`` lengths of the scored responses' ids (EOS excluded: the objective's log-probabilities are
+    those of the text the reward read)."""
+    return torch.tensor([len(i) for i in ids], dtype=torch.long)
+
+
+def _mean_logprob(logits: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``[N]`` float64 ``mean_{t < lengths} log softmax(logits)[t, tokens_t]`` (-inf for an empty response)."""
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1).to(logits.device)).squeeze(-1)
+    pos = torch.arange(tokens.shape[1], device=lp.device)
+    m = (pos.unsqueeze(0) < lengths.to(lp.device).unsqueeze(1)).to(lp.dtype)
+    n = m.sum(-1)
+    mean = (lp * m).sum(-1).double() / n.clamp_min(1).double()
+    return torch.where(n > 0, mean, torch.full_like(mean, -math.inf)).cpu()
+
+
 def _eos_lengths(tokens: torch.Tensor, lengths: torch.Tensor, eos_ids) -> torch.Tensor:
     """Per row: ``lengths`` cut after the first EOS token (which is kept, as in :func:`engine.decode`)."""
     L = tokens.shape[1]
@@ -460,9 +671,8 @@ class _Scores:
 
     def __call__(self, tokens: torch.Tensor, alive: torch.Tensor, label: str):
         """Texts, ids and rewards ``[N]`` of ``tokens [N, L]`` (cut at each chain's length and first EOS)."""
-        texts, ids = encoding.response_texts(self.tokenizer, tokens.cpu(),
-                                             _eos_lengths(tokens, self.lengths, self.encoded.eos_ids).cpu(),
-                                             self.encoded.eos_ids)
+        cut = _eos_lengths(tokens, self.lengths, self.encoded.eos_ids).cpu()
+        texts, ids = encoding.response_texts(self.tokenizer, tokens.cpu(), cut, self.encoded.eos_ids)
         r = call_reward(self.reward, self.prompts_rep, texts)
         self.calls += 1
         rb, ab = r.view(self.B, self.chains), alive.cpu().view(self.B, self.chains)
@@ -496,21 +706,57 @@ def _masked_mean(x: torch.Tensor, alive: torch.Tensor, B: int) -> list[float]:
     return (x.sum(1) / a.sum(1)).tolist()
 
 
-def _final_objective(model, encoded, rewards: torch.Tensor, ids: list[list[int]], chains: int,
-                     kl_coef: float) -> torch.Tensor:
-    """What picks each prompt's final chain: the raw ``rewards [N]``, or with ``kl_coef > 0``
-    :func:`fastalign._common.objective`, the base log-probabilities from one teacher-forced pass over
-    the decoded chains (an empty response scores -inf)."""
-    from fastalign import metrics
+class BestIterate:
+    """Each chain's best evaluated iterate so far: by ``goal`` (the objective, or the raw reward), the
+    chain's initial sample included, so a chain never ends below its start. Strictly better replaces
+    (the earliest of equal iterates stays); chains not ``alive`` never change."""
 
-    def mean_logprob():
-        with engine.eval_mode(model):
-            lp = metrics.mean_logprobs(model, encoded.input_ids, encoded.attention_mask,
-                                       [i // chains for i in range(len(ids))], ids)
-        return [x if x == x else -math.inf for x in lp]
+    def __init__(self, n: int):
+        self.goal = torch.full((n,), -math.inf, dtype=torch.float64)
+        self.reward = torch.full((n,), math.nan, dtype=torch.float64)
+        self.step = torch.full((n,), -2, dtype=torch.long)
+        self.texts: list[str | None] = [None] * n
+        self.ids: list[list[int] | None] = [None] * n
 
-    goal = _common.objective(rewards, mean_logprob, kl_coef)
-    return rewards.double() if goal is None else goal
+    def update(self, goal: torch.Tensor, reward: torch.Tensor, texts: list[str], ids: list[list[int]], step: int,
+               alive: torch.Tensor) -> torch.Tensor:
+        """Keep the iterate of ``step`` for the chains it improves; returns them ``[N]`` bool."""
+        goal = goal.to(torch.float64).cpu()
+        better = alive.cpu() & (goal > self.goal)
+        self.goal = torch.where(better, goal, self.goal)
+        self.reward = torch.where(better, reward.to(torch.float64).cpu(), self.reward)
+        self.step = torch.where(better, torch.full_like(self.step, step), self.step)
+        for i in better.nonzero().flatten().tolist():
+            self.texts[i], self.ids[i] = texts[i], ids[i]
+        return better
+
+
+def _goal(r: torch.Tensor, mean_logprob, kl_coef: float) -> torch.Tensor:
+    """What ranks iterates and chains: the raw rewards ``r [N]``, or the objective
+    ``r + kl_coef * mean_logprob()`` (:func:`fastalign._common.objective`); float64 on CPU."""
+    goal = _common.objective(r, mean_logprob, kl_coef)
+    return r.double().cpu() if goal is None else goal
+
+
+def _evaluate(y_eval, lm, encoded, scores, best, st, alive, step, start):
+    """Decode ``y_eval``, score it and keep each chain's best: ``(tokens [N, L], improved [N] bool)``."""
+    if st.decoding == "lm_topk":
+        tokens, logits = decode_parallel(lm, y_eval, st, encoded.eos_ids, encoded.pad_id, start=start)
+    else:
+        tokens, logits = y_eval.argmax(-1), None
+    label = "start" if step == 0 else f"step {step}/{st.steps}"
+    texts, ids, r = scores(tokens, alive, label)
+    if logits is None and st.kl_coef:
+        logits = lm.logits_along(tokens, "decoded")
+    goal = _goal(r, lambda: _mean_logprob(logits, tokens, _id_lengths(ids)), st.kl_coef)
+    return tokens, best.update(goal, r, texts, ids, step, alive)
+
+
+def _due(st: SeaSettings, s: int) -> bool:
+    """Whether evaluation point ``s`` (0 .. steps) is decoded and scored."""
+    if s == st.steps:
+        return True
+    return st.eval_every is not None and s % st.eval_every == 0 and (s > 0 or st.select == "best")
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: SeaSettings, *,
@@ -529,43 +775,64 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
         alive = torch.ones(B * C, dtype=torch.bool, device=device)
         scores = _Scores(tokenizer, encoded, reward, B, C, lengths, say)
         base_texts, base_ids, base_r = scores(init.tokens.to(device), alive, "initial sample")
+        start_goal = _goal(base_r, lambda: _mean_logprob(init.logits, init.tokens, _id_lengths(base_ids)),
+                           st.kl_coef)
+        best = BestIterate(B * C)
+        if st.select == "best":  # the start is an iterate: no chain ends below it
+            best.update(start_goal, base_r, base_texts, base_ids, -1, alive)
         lm = BaseLM(model, encoded, C, resp_mask, device)
         state = (torch.zeros_like(y), torch.zeros_like(y)) if st.optimizer == "adam" else None
         traces = {"energy": [], "soft_reward": [], "fluency": [], "grad_norm": []}
-        for s in range(st.steps):
-            e = energy_and_grad(evaluation_point(y, st, seeds_dev, s), lm, soft, scores.prompts_rep, resp_mask, st)
+        decoded, stall, steps_run = None, 0, 0
+        for s in range(st.steps + 1):
+            y_eval = evaluation_point(y, st, seeds_dev, s)
+            if _due(st, s):
+                if st.select == "final" and s == st.steps:
+                    best = BestIterate(B * C)  # "final": the last point's decoding only
+                decoded, improved = _evaluate(y_eval, lm, encoded, scores, best, st, alive, s, decoded)
+                stall = 0 if bool(improved.any()) else stall + 1
+                if st.patience is not None and stall >= st.patience and s < st.steps:
+                    say(f"step {s}: no chain improved for {stall} evaluations; stopping")
+                    break
+            if s == st.steps:
+                break
+            if st.lm_input == "decoded" and not _due(st, s):
+                decoded, _ = decode_parallel(lm, y_eval, st, encoded.eos_ids, encoded.pad_id, start=decoded)
+            e = energy_and_grad(y_eval, lm, soft, scores.prompts_rep, resp_mask, st, decoded)
             alive = _check_finite(e, alive, prompts, C, s)
             y, gnorm = update(y, e.grad, st, seeds_dev, s, state)
+            steps_run = s + 1
             for key in ("energy", "soft_reward", "fluency"):
                 traces[key].append(_masked_mean(getattr(e, key), alive, B))
             if gnorm is not None:  # per chain: its norm ("chain"), its largest row norm ("row"), the global norm
                 g = gnorm.detach().float()
                 g = g.expand(B * C) if g.dim() == 0 else (g.amax(-1) if g.dim() == 2 else g)
                 traces["grad_norm"].append(g.view(B, C).tolist())
-            if st.eval_every is not None and (s + 1) % st.eval_every == 0 and s + 1 < st.steps:
-                scores(decode_tokens(model, encoded, y, st), alive, f"step {s + 1}/{st.steps}")
-            elif (s + 1) % 10 == 0:
+            if (s + 1) % 10 == 0:
                 say(f"step {s + 1}/{st.steps}: energy " + ", ".join(f"{v:.3f}" for v in traces["energy"][-1])
                     + f" ({time.perf_counter() - t0:.1f} s)")
-        texts, ids, r = scores(decode_tokens(model, encoded, y, st), alive, f"final (step {st.steps})")
     seconds = time.perf_counter() - t0
-    goal = _final_objective(model, encoded, r, ids, C, st.kl_coef)
-    pick = torch.where(alive.cpu(), goal, torch.full_like(goal, -math.inf)).view(B, C).argmax(-1)
+    pick = torch.where(alive.cpu(), best.goal, torch.full_like(best.goal, -math.inf)).view(B, C).argmax(-1)
     results = []
     for b in range(B):
         i = b * C + int(pick[b])
+        chains_of_b = range(b * C, (b + 1) * C)
         results.append(AlignResult(
-            prompt=prompts[b], response=texts[i], reward=float(r[i]), method="sea",
+            prompt=prompts[b], response=best.texts[i], reward=float(best.reward[i]), method="sea",
             trace_mean=scores.trace_mean[b], trace_max=scores.trace_max[b], reward_calls=scores.calls * C,
-            seconds=seconds, response_ids=ids[i], base_response=base_texts[b * C], base_reward=float(base_r[b * C]),
-            objective=float(goal[i]) if st.kl_coef else None,
+            seconds=seconds, response_ids=best.ids[i], base_response=base_texts[b * C],
+            base_reward=float(base_r[b * C]), objective=float(best.goal[i]) if st.kl_coef else None,
             extra={**{k: [v[b] for v in t] for k, t in traces.items()},
-                   "chains": C, "steps": st.steps, "lr": st.lr, "optimizer": st.optimizer, "noise": st.noise,
-                   "soft_tokens": st.soft_tokens, "fluency_mode": st.fluency, "decoding": st.decoding,
-                   "length": int(lengths[i]), "chain": int(pick[b]), "lm_forward_rows": lm.rows_run,
+                   "chains": C, "steps": st.steps, "steps_run": steps_run, "lr": st.lr, "optimizer": st.optimizer,
+                   "noise": st.noise, "soft_tokens": st.soft_tokens, "fluency_mode": st.fluency,
+                   "flu_form": st.flu_form, "reward_input": st.reward_input, "decoding": st.decoding,
+                   "select": st.select, "preset": st.preset, "length": int(lengths[i]), "chain": int(pick[b]),
+                   "best_step": [int(best.step[c]) for c in chains_of_b],
+                   "start_reward": [float(base_r[c]) for c in chains_of_b],
+                   "lm_forward_rows": lm.rows_run,
                    "failed_chains": [c for c in range(C) if not bool(alive[b * C + c])]}))
     if metrics:
         live = alive.cpu().tolist()
-        cands = [[texts[b * C + c] for c in range(C) if live[b * C + c]] for b in range(B)]
+        cands = [[best.texts[b * C + c] for c in range(C) if live[b * C + c]] for b in range(B)]
         _common.attach_metrics(model, encoded, reward, results, [base_ids[b * C] for b in range(B)], cands)
     return results

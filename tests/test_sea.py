@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 #: the pre-issue-14 sampler (soft tokens, fluency through the LM, argmax decoding): its tests still hold
-LEGACY = dict(soft_tokens="soft", fluency="full", decoding="argmax")
+LEGACY = dict(soft_tokens="soft", fluency="full", decoding="argmax", select="final", eval_every=None)
 KW = dict(steps=12, max_new_tokens=8, reward_weight=5.0, progress=False, metrics=False, **LEGACY)
 
 
@@ -78,8 +78,9 @@ def test_langevin_noise_and_sgld_run():
 def test_eval_every_and_lm_topk_decoding():
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     kw = dict(KW, seed=1, backend="torch", chains=1)
-    kw.pop("decoding")
-    plain = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), decoding="argmax", **kw)
+    kw.pop("decoding"), kw.pop("eval_every")
+    plain = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), decoding="argmax", eval_every=None,
+                         **kw)
     ranked = sea_generate(model, tok, _tiny.PROMPTS[2], _tiny.SoftCountReward(), decoding="lm_topk", decode_topk=3,
                           eval_every=4, **kw)
     assert len(ranked.trace_mean) == 1 + 2 + 1  # initial, steps 4 and 8, final
@@ -173,10 +174,8 @@ def _encoded(model, tok, prompts):
 
 
 def _settings(**kw):
-    base = dict(chains=1, steps=1, lr=0.1, optimizer="adam", noise="none", noise_std=0.0, max_norm=1.0, clip="chain",
-                init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
-                fluency="detached", flu_topk=None, flu_weight=1.0, reward_weight=0.0, decoding="lm_topk",
-                decode_topk=3, max_new_tokens=5, eval_every=None, seed=0, backend="torch")
+    base = dict(chains=1, steps=1, noise="none", reward_weight=0.0, decode_topk=3, max_new_tokens=5, seed=0,
+                backend="torch")
     return SeaSettings.check(**{**base, **kw})
 
 
@@ -342,7 +341,155 @@ def test_defaults_run_and_attach_metrics():
     model, tok = _tiny.model("qwen2"), _tiny.tokenizer()
     res = sea_generate(model, tok, _tiny.PROMPTS[0], _tiny.SoftCountReward(), steps=5, max_new_tokens=6,
                        progress=False, backend="torch")
-    assert res.extra["chains"] == 4 and res.reward_calls == 2 * 4
-    assert res.extra["lm_forward_rows"] <= 5 * 4  # memoised straight-through target
+    assert res.extra["chains"] == 4 and res.reward_calls == (1 + 5 + 1) * 4  # the starts, points 0..5
+    assert res.extra["select"] == "best" and res.extra["steps_run"] == 5
+    assert res.reward >= max(res.extra["start_reward"])  # the best chain never ends below a start
     assert {"perplexity", "base_perplexity", "distinct_2", "distinct_3"} <= set(res.metrics)
     assert res.to_dict()["metrics"] == res.metrics
+
+
+# ------------------------------------------------------------------ issue 22: SEA as its authors run it
+def test_piecewise_noise_schedule_is_the_authors():
+    """--large-noise-iters 50,100,150,200 --large-gs-std 0.1,0.05,0.01,0.001, drawn after iteration i-1:
+    evaluation 0 has none, 1-50 0.1, 51-100 0.05, 101-150 0.01, 151-199 0.001."""
+    stds = noise_schedule(fa.sea.AUTHORS["noise_std"], 200)
+    assert stds == [0.0] + [0.1] * 50 + [0.05] * 50 + [0.01] * 50 + [0.001] * 49
+    assert noise_schedule(((2, 0.5),), 4) == [0.5, 0.5, 0.5, 0.5]  # the last std after the last piece
+    with pytest.raises(ValueError, match="increase"):
+        noise_schedule(((5, 0.1), (3, 0.2)), 6)
+
+
+def _preset(preset, **kw):
+    return SeaSettings.check(preset=preset, max_new_tokens=5, seed=0, backend="torch", **kw)
+
+
+def test_presets_and_overrides():
+    st = _preset("authors")
+    assert (st.lr, st.clip, st.max_norm, st.init_temp, st.init_sample_temp, st.flu_form, st.flu_weight,
+            st.reward_weight, st.reward_input, st.reward_temp, st.decode_topk, st.patience, st.noise) == \
+        (0.01, None, None, 10.0, 0.8, "reverse", 0.1, 1.0, "soft", 0.1, 10, 100, "eval")
+    assert len(st.stds) == st.steps + 1  # eval noise: one std per evaluation point
+    assert _preset("authors", lr=0.5).lr == 0.5  # a given option overrides the preset
+    assert _preset("fastalign", lr=fa.sea.UNSET).lr == fa.sea.FASTALIGN["lr"]
+    with pytest.raises(ValueError, match="preset"):
+        _preset("paper")
+    with pytest.raises(ValueError, match="unknown option"):
+        _settings(learning_rate=0.1)
+    with pytest.raises(ValueError, match="flu_topk"):
+        _settings(flu_form="reverse", flu_topk=5)
+    with pytest.raises(ValueError, match="eval_every"):
+        _settings(select="best", eval_every=None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("start", ["argmax", "random", "answer"])
+def test_parallel_lm_topk_decoding_equals_the_sequential_one(arch, start):
+    """decode_parallel's fixed point is decode_tokens' sequential LM-top-k decoding (on the scored
+    positions: up to each row's length and first EOS), from any start, in at most L + 1 sweeps; started
+    from its own answer it runs no LM row at all (memoised)."""
+    model, tok = _tiny.model(arch), _tiny.tokenizer()
+    prompts, chains, L = ["w1 w2 w3", "w4"], 2, 6
+    enc = _encoded(model, tok, prompts)
+    st = _settings(chains=chains, decode_topk=3, max_new_tokens=L)
+    torch.manual_seed(5)
+    y = torch.randn(len(prompts) * chains, L, _tiny.VOCAB_SIZE) * 3
+    y[:, :, 1] -= 2.0  # EOS (id 1) less likely, so most rows decode several tokens
+    want = decode_tokens(model, enc, y, st)
+    mask = torch.ones(len(prompts) * chains, L, dtype=torch.bool)
+    lm = BaseLM(model, enc.prefill(model), chains, mask, torch.device("cpu"))
+    first = {"argmax": None, "random": torch.randint(2, _tiny.VOCAB_SIZE, (4, L)), "answer": want}[start]
+    got, logits = fa.sea.decode_parallel(lm, y, st, enc.eos_ids, enc.pad_id, start=first)
+    lengths = fa.sea._eos_lengths(want, torch.full((4,), L), enc.eos_ids)
+    for i in range(4):
+        assert got[i, :lengths[i]].tolist() == want[i, :lengths[i]].tolist(), i
+    torch.testing.assert_close(logits, lm.logits_along(got, "check"))  # the logits along the answer
+    rows = lm.rows_run
+    again, _ = fa.sea.decode_parallel(lm, y, st, enc.eos_ids, enc.pad_id, start=got)
+    assert torch.equal(again, got) and lm.rows_run == rows
+
+
+def test_best_iterate_bookkeeping():
+    best = fa.sea.BestIterate(3)
+    alive = torch.tensor([True, True, True])
+    t = lambda *xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+    assert best.update(t(0.2, 0.5, 0.1), t(0.2, 0.5, 0.1), ["a0", "b0", "c0"], [[1], [2], [3]], -1, alive).all()
+    got = best.update(t(0.3, 0.5, 0.0), t(0.3, 0.5, 0.0), ["a1", "b1", "c1"], [[4], [5], [6]], 0, alive)
+    assert got.tolist() == [True, False, False]  # equal (0.5) keeps the earlier iterate
+    got = best.update(t(0.9, 0.9, 0.9), t(0.9, 0.9, 0.9), ["a2", "b2", "c2"], [[7], [8], [9]], 1,
+                      torch.tensor([True, False, True]))
+    assert got.tolist() == [True, False, True]  # a dead chain never changes
+    assert best.texts == ["a2", "b0", "c2"] and best.ids == [[7], [2], [9]]
+    assert best.step.tolist() == [1, -1, 1] and best.goal.tolist() == [0.9, 0.5, 0.9]
+
+
+def test_no_chain_ends_below_its_start_and_patience_stops():
+    """select='best': every chain's answer scores at least its initial sample (kept as iterate -1);
+    the reward trace has one entry per evaluation; patience=1 stops at the first evaluation that
+    improves no chain."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    kw = dict(steps=8, max_new_tokens=6, reward_weight=5.0, backend="torch", progress=False, metrics=False,
+              chains=3, seed=4)
+    out = sea_generate(model, tok, _tiny.PROMPTS[:2], _tiny.SoftCountReward("w7"), **kw)
+    for res in out:
+        assert res.reward >= max(res.extra["start_reward"])
+        assert res.reward == max(res.trace_max)  # the answer is the best evaluated response
+        assert len(res.trace_max) == 1 + 8 + 1 and res.reward_calls == (1 + 8 + 1) * 3
+        assert all(-1 <= b <= 8 for b in res.extra["best_step"])
+    (stopped,) = sea_generate(model, tok, _tiny.PROMPTS[:1], _tiny.SoftCountReward("w7"), patience=1, **kw)
+    assert stopped.extra["steps_run"] < 8 and len(stopped.trace_max) == stopped.extra["steps_run"] + 2
+
+
+def test_soft_reward_input_equals_the_one_hot_path_as_its_temperature_goes_to_zero():
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    enc = _encoded(model, tok, ["w1 w2"])
+    L = 4
+    mask = torch.ones(2, L, dtype=torch.bool)
+    torch.manual_seed(6)
+    y = torch.randn(2, L, _tiny.VOCAB_SIZE)
+    soft = _tiny.SoftCountReward().soft_reward_fn(model, tok)
+    lm = BaseLM(model, enc.prefill(model), 2, mask, torch.device("cpu"))
+    one_hot = energy_and_grad(y, lm, soft, ["w1 w2"] * 2, mask, _settings(reward_weight=1.0))
+    cold = energy_and_grad(y, lm, soft, ["w1 w2"] * 2, mask, _settings(reward_weight=1.0, reward_input="soft",
+                                                                         reward_temp=1e-4))
+    warm = energy_and_grad(y, lm, soft, ["w1 w2"] * 2, mask, _settings(reward_weight=1.0, reward_input="soft",
+                                                                         reward_temp=1.0))
+    torch.testing.assert_close(cold.soft_reward, one_hot.soft_reward)
+    torch.testing.assert_close(warm.soft_reward, torch.softmax(y, -1)[:, :, soft_id()].sum(-1))
+
+
+def soft_id():
+    return _tiny.SoftCountReward().token_id
+
+
+def test_authors_preset_reproduces_their_update():
+    """One step of preset='authors' against their equations written out with torch: at
+    y_eval = y + std * xi (fresh noise), loss = -1 * r(softmax(y_eval / 0.1)) + 0.1 * mean_l
+    -sum softmax(y_eval) log p_LM (p_LM along the decoded tokens, constant), then torch.optim.Adam
+    (lr 0.01) on y with no clipping."""
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    enc = _encoded(model, tok, ["w1 w2", "w3"])
+    L, N = 4, 2
+    mask = torch.ones(N, L, dtype=torch.bool)
+    st = _preset("authors", steps=3)
+    seeds = torch.tensor([11, 12])
+    torch.manual_seed(7)
+    y = torch.randn(N, L, _tiny.VOCAB_SIZE)
+    soft = _tiny.SoftCountReward().soft_reward_fn(model, tok)
+    lm = BaseLM(model, enc.prefill(model), 1, mask, torch.device("cpu"))
+    step = 1  # std 0.1
+    y_eval = fa.sea.evaluation_point(y, st, seeds, step)
+    assert not torch.equal(y_eval, y)
+    decoded, logits = fa.sea.decode_parallel(lm, y_eval, st, enc.eos_ids, enc.pad_id)
+    e = energy_and_grad(y_eval, lm, soft, ["w1 w2", "w3"], mask, st, decoded)
+    state = (torch.zeros_like(y), torch.zeros_like(y))
+    got, _ = fa.sea.update(y, e.grad, st, seeds, 0, state)  # Adam's first step (its t = step + 1)
+    # their loop, written out
+    eps = torch.nn.Parameter(y.clone())
+    opt = torch.optim.Adam([eps], lr=0.01)
+    ye = eps + (y_eval - y)
+    reward = soft(["w1 w2", "w3"], torch.softmax(ye / 0.1, -1), torch.full((N,), L))
+    flu = (-(torch.softmax(ye, -1) * torch.log_softmax(logits, -1)).sum(-1)).mean(-1)
+    (-1.0 * reward + 0.1 * flu).sum().backward()
+    opt.step()
+    torch.testing.assert_close(got, eps.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(e.energy, (-reward + 0.1 * flu).detach())
