@@ -3,33 +3,45 @@
 A response of ``L`` tokens is represented by logits ``y [L, V]`` (B prompts x ``chains`` chains are
 optimised together as ``y [N, L, V]``, N = B * chains, row ``b * chains + c``). SEA lowers the energy
 
-    energy(y) = -reward_weight * r_soft(q) + flu_weight * fluency(y)
+    energy(y) = -reward_weight * r_soft(y) + flu_weight * fluency(y)
 
 over ``y`` with the fused :func:`fastalign.ops.sea_step` (gradient clipping + Adam/SGLD + noise), where
 
-* ``q`` are the *soft tokens*: ``softmax(y / soft_temp)`` (``soft_tokens="soft"``), or their
-  straight-through form (``"straight_through"``, the paper; COLD's sharpened ``y / 0.001`` input): the
-  forward sees the one-hot ``argmax(y)`` (the LM and the reward score real text, the text that is
-  decoded), the backward the softmax's gradient. The LM input is ``(q @ E) * scale``.
-* ``r_soft`` is the reward made differentiable in ``q`` (:func:`fastalign.rewards.as_soft_reward`).
-* ``fluency`` is COLD's cross-entropy ``-sum_v p_base(v | prompt, q_<l) log softmax(y_l / soft_temp)(v)``,
-  averaged over the response positions, against the base LM's next-token distributions along the soft
-  response, optionally top-k filtered (``flu_topk``) and either differentiated through the LM
-  (``fluency="full"``) or a constant target (``"detached"``, COLD), which removes the backward pass
-  through the LM; with straight-through tokens the target only changes where ``argmax(y)`` changes, so
-  it is memoised per chain and the LM runs only for the chains whose tokens changed.
+* ``q`` are the *soft tokens* the base LM reads: ``softmax(y / soft_temp)`` (``soft_tokens="soft"``), or
+  their straight-through form (``"straight_through"``, the paper; COLD's sharpened ``y / 0.001``
+  input): the forward sees the one-hot ``argmax(y)``, the backward the softmax's gradient. The LM
+  input is ``(q @ E) * scale``.
+* ``r_soft`` is the reward made differentiable (:func:`fastalign.rewards.as_soft_reward`), reading ``q``
+  (``reward_input="tokens"``) or ``softmax(y / reward_temp)`` (``"soft"``, the SEA authors').
+* ``fluency`` compares ``softmax(y_l / soft_temp)`` with the base LM's next-token distribution
+  ``p_LM(. | prompt, tokens_<l)``: COLD's forward cross-entropy ``-sum_v p_LM(v) log softmax(y_l)(v)``
+  (``flu_form="forward"``, optionally top-k filtered by ``flu_topk``) or the authors' reverse
+  ``-sum_v softmax(y_l)(v) log p_LM(v)`` (``"reverse"``), averaged over the response positions, either
+  differentiated through the LM (``fluency="full"``) or a constant target (``"detached"``), which
+  removes the backward pass through the LM. Detached, the target is computed along ``argmax(y)`` or
+  along the point's decoded tokens (``lm_input``) and memoised per chain (:meth:`BaseLM.logits_along`):
+  the LM runs only for the chains whose tokens changed.
+
+The answer (``select="best"``): every ``eval_every`` steps each chain's point is decoded and scored, and
+each chain keeps its best iterate (:class:`BestIterate`), its initial sample included; ``patience``
+stops when no chain improved for that many evaluations; the best chain answers. Iterates and chains are
+ranked by the raw reward or, with ``kl_coef``, by ``reward + kl_coef * mean log p_base``.
+
+Presets: :data:`FASTALIGN` (the default) and :data:`AUTHORS` (the SEA authors' run script, each choice
+with where it comes from); an option given explicitly overrides the preset.
 
 Phases (each a function, testable alone): :func:`initial_samples` (a base-model sample per chain and the
 logits along it: ``y``'s start), :func:`soft_tokens` + :class:`BaseLM` + :func:`energy_and_grad`
-(the energy and its gradient), :func:`update` (the step), :func:`decode_tokens` (decoding) and the
-scoring in :func:`run`. The prompts are prefilled once (:class:`fastalign._common.EncodedPrompts`) and
+(the energy and its gradient), :func:`update` (the step), :func:`decode_tokens` /
+:func:`decode_parallel` (decoding), :class:`BestIterate` and the scoring in :func:`run`. The prompts are prefilled once (:class:`fastalign._common.EncodedPrompts`) and
 their cache forked to the chains for the initial samples, every LM forward of the energy and the
 ``lm_topk`` decoding.
 
 Noise: ``"langevin"`` (the paper's update ``y <- y - lr * grad + std * xi``: the noise stays in the
 iterate, :func:`~fastalign.ops.sea_step` with ``noise_std``), ``"eval"`` (the gradient is taken at
-``y + std * xi`` and the noise dropped, as the SEA/COLD code does), or ``"none"``. ``noise_std`` is a
-constant or a ``(start, end)`` pair annealed geometrically.
+``y + std * xi`` with fresh noise each step and the noise dropped, as the SEA/COLD code does; that
+point is also the one decoded), or ``"none"``. ``noise_std`` is a constant, a ``(start, end)`` pair
+annealed geometrically or piecewise constant (:func:`noise_schedule`).
 
 A chain whose energy or gradient is not finite (seen: a left-padded batch with sdpa attention on
 Gemma3n) is reported with a warning and excluded from then on (its gradient zeroed, never chosen);
@@ -51,8 +63,9 @@ from fastalign.errors import InputError
 from fastalign.results import AlignResult, fmt
 from fastalign.rewards import as_soft_reward, call_reward
 
-__all__ = ["sea_generate", "run", "SeaSettings", "noise_schedule", "initial_samples", "soft_tokens", "BaseLM",
-           "energy_and_grad", "update", "decode_tokens"]
+__all__ = ["sea_generate", "run", "SeaSettings", "PRESETS", "FASTALIGN", "AUTHORS", "UNSET", "noise_schedule",
+           "initial_samples", "soft_tokens", "BaseLM", "energy_and_grad", "update", "decode_tokens",
+           "decode_parallel", "BestIterate"]
 
 
 def noise_schedule(noise_std, steps: int) -> list[float]:
@@ -111,7 +124,7 @@ FASTALIGN = dict(
     clip="chain", init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
     fluency="detached", flu_form="forward", flu_topk=None, flu_weight=1.0, reward_weight=50.0,
     reward_input="tokens", reward_temp=0.1, lm_input="argmax", decoding="lm_topk", decode_topk=5,
-    select="best", eval_every=1, patience=None,
+    select="best", eval_every=5, patience=None,
 )
 
 #: The SEA authors' run script (their released code: the ``main.py`` options, ``decoding.py``'s loop and
@@ -327,7 +340,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
         for ``clip="row"``, the global norm for ``clip="global"``), ``best_step`` (per chain, the
         evaluation its answer comes from; -1: its initial sample), ``start_reward`` (per chain),
         ``steps_run`` (fewer than ``steps`` after an early stop), ``failed_chains``, ``lm_forward_rows``
-        (LM rows run for the energy and the decoding; memoised rows are not run again).
+        (LM rows run for the energy and the parallel decoding sweeps; memoised rows are not run again; the
+        incremental decodings are not counted).
     """
     single = isinstance(prompts, str)
     prompts = encoding.check_prompts(prompts)
@@ -572,10 +586,13 @@ def update(y: torch.Tensor, grad: torch.Tensor, st: SeaSettings, seeds: torch.Te
 # ------------------------------------------------------------------------------------------------
 # phase 4: decoding and scoring
 # ------------------------------------------------------------------------------------------------
-def decode_tokens(model, encoded: _common.EncodedPrompts, y: torch.Tensor, st: SeaSettings) -> torch.Tensor:
+def decode_tokens(model, encoded: _common.EncodedPrompts, y: torch.Tensor, st: SeaSettings, *,
+                  with_logits: bool = False):
     """Response ids ``[N, L]`` from ``y [N, L, V]``: ``argmax(y)``, or COLD's LM-top-k rule (at each
     position, among the base LM's ``decode_topk`` most likely next tokens given the prompt and the
-    decoded prefix, the one with the highest ``y``; padding after an EOS)."""
+    decoded prefix, the one with the highest ``y``; padding after an EOS), decoded incrementally on the
+    prompts' cache. ``with_logits`` (LM-top-k only): also the LM's float32 logits along the ids
+    ``[N, L, V]`` (the decoding's own; zero where no row was still running)."""
     if st.decoding == "argmax":
         return y.argmax(-1)
     N, L, V = y.shape
@@ -586,10 +603,15 @@ def decode_tokens(model, encoded: _common.EncodedPrompts, y: torch.Tensor, st: S
         best = y[:, step].gather(-1, cand).argmax(-1, keepdim=True)
         return cand.gather(-1, best).squeeze(-1).to(logits.device)
 
-    roll = encoded.decode(model, repeats=st.chains, max_new_tokens=L, choose=choose)
+    roll = encoded.decode(model, repeats=st.chains, max_new_tokens=L, choose=choose, return_logits=with_logits)
+    T = roll.tokens.shape[1]
     tokens = torch.full((N, L), encoded.pad_id, dtype=torch.long, device=y.device)
-    tokens[:, :roll.tokens.shape[1]] = roll.tokens.to(y.device)
-    return tokens
+    tokens[:, :T] = roll.tokens.to(y.device)
+    if not with_logits:
+        return tokens
+    logits = torch.zeros(N, L, roll.logits.shape[-1], dtype=torch.float32, device=y.device)
+    logits[:, :T] = roll.logits.to(device=y.device, dtype=torch.float32)
+    return tokens, logits
 
 
 def _pad_after_eos(tokens: torch.Tensor, eos_ids, pad_id: int) -> torch.Tensor:
@@ -611,25 +633,31 @@ def lm_topk_choice(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tenso
 
 @torch.no_grad()
 def decode_parallel(lm: BaseLM, y: torch.Tensor, st: SeaSettings, eos_ids, pad_id: int,
-                    start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    start: torch.Tensor | None = None, max_sweeps: int | None = None):
     """The LM-top-k decoding of ``y [N, L, V]`` (:func:`decode_tokens`'s ids) as a fixed point, with
     the LM's logits along it: ``(tokens [N, L], logits [N, L, V])``.
 
     Position l's choice depends only on the tokens before it, so from any start the iteration
     ``d <- pad_after_eos(lm_topk_choice(logits_along(d), y))`` fixes one more position per sweep at least
     and reaches the sequential decoding after at most L sweeps (+1 to see it unchanged). Started from
-    the previous evaluation's tokens (``start``; else ``argmax(y)``) it usually takes one or two, and
-    :meth:`BaseLM.logits_along` re-runs only the chains whose tokens changed: an evaluation costs a few
-    batched forwards instead of L sequential ones.
+    the previous evaluation's tokens (``start``) and :meth:`BaseLM.logits_along` memoised, the first sweep
+    runs no LM row at all: when ``y``'s change since then moved no choice, that one sweep is the whole
+    decoding. When a choice moves, every later position can move with it and each sweep (a full forward
+    of the rows that changed) fixes about one position: measured on SmolLM2-135M, 30-32 sweeps for
+    L = 32 after an Adam step, far slower than the incremental decoding. :func:`run` therefore tries
+    one sweep (``max_sweeps=1``) and falls back to :func:`decode_tokens`. Returns None when
+    ``max_sweeps`` sweeps did not reach the fixed point.
     """
     d = _pad_after_eos((y.argmax(-1) if start is None else start).to(y.device), eos_ids, pad_id)
-    for _ in range(y.shape[1] + 1):
+    for _ in range(y.shape[1] + 1 if max_sweeps is None else max_sweeps):
         logits = lm.logits_along(d, "decoded")
         new = _pad_after_eos(lm_topk_choice(logits, y, st.decode_topk), eos_ids, pad_id)
         if torch.equal(new, d):
             return d, logits
         d = new
-    raise AssertionError("decode_parallel: no fixed point after L + 1 sweeps")  # cannot happen (see above)
+    if max_sweeps is None:
+        raise AssertionError("decode_parallel: no fixed point after L + 1 sweeps")  # cannot happen (see above)
+    return None
 
 
 def _id_lengths(ids: list[list[int]]) -> torch.Tensor:
@@ -738,12 +766,24 @@ def _goal(r: torch.Tensor, mean_logprob, kl_coef: float) -> torch.Tensor:
     return r.double().cpu() if goal is None else goal
 
 
-def _evaluate(y_eval, lm, encoded, scores, best, st, alive, step, start):
+def _decode(model, encoded, lm: BaseLM, y_eval: torch.Tensor, st: SeaSettings, start):
+    """``(tokens [N, L], logits along them [N, L, V] or None)`` of ``y_eval``: for LM-top-k, one
+    memoised parallel sweep from the previous decoding ``start`` (free when no choice moved), else the
+    incremental decoding, whose logits are remembered as the ``"decoded"`` memo."""
+    if st.decoding != "lm_topk":
+        return y_eval.argmax(-1), None
+    if start is not None:
+        done = decode_parallel(lm, y_eval, st, encoded.eos_ids, encoded.pad_id, start=start, max_sweeps=1)
+        if done is not None:
+            return done
+    tokens, logits = decode_tokens(model, encoded, y_eval, st, with_logits=True)
+    lm.memo["decoded"] = (tokens.to(lm.device), logits.to(lm.device))
+    return tokens, logits
+
+
+def _evaluate(model, y_eval, lm, encoded, scores, best, st, alive, step, start):
     """Decode ``y_eval``, score it and keep each chain's best: ``(tokens [N, L], improved [N] bool)``."""
-    if st.decoding == "lm_topk":
-        tokens, logits = decode_parallel(lm, y_eval, st, encoded.eos_ids, encoded.pad_id, start=start)
-    else:
-        tokens, logits = y_eval.argmax(-1), None
+    tokens, logits = _decode(model, encoded, lm, y_eval, st, start)
     label = "start" if step == 0 else f"step {step}/{st.steps}"
     texts, ids, r = scores(tokens, alive, label)
     if logits is None and st.kl_coef:
@@ -789,7 +829,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
             if _due(st, s):
                 if st.select == "final" and s == st.steps:
                     best = BestIterate(B * C)  # "final": the last point's decoding only
-                decoded, improved = _evaluate(y_eval, lm, encoded, scores, best, st, alive, s, decoded)
+                decoded, improved = _evaluate(model, y_eval, lm, encoded, scores, best, st, alive, s, decoded)
                 stall = 0 if bool(improved.any()) else stall + 1
                 if st.patience is not None and stall >= st.patience and s < st.steps:
                     say(f"step {s}: no chain improved for {stall} evaluations; stopping")
@@ -797,7 +837,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
             if s == st.steps:
                 break
             if st.lm_input == "decoded" and not _due(st, s):
-                decoded, _ = decode_parallel(lm, y_eval, st, encoded.eos_ids, encoded.pad_id, start=decoded)
+                decoded, _ = _decode(model, encoded, lm, y_eval, st, decoded)
             e = energy_and_grad(y_eval, lm, soft, scores.prompts_rep, resp_mask, st, decoded)
             alive = _check_finite(e, alive, prompts, C, s)
             y, gnorm = update(y, e.grad, st, seeds_dev, s, state)
