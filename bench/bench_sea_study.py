@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--settings", default=None, help="';'-separated labels of SETTINGS (default: all)")
     p.add_argument("--no-bon", action="store_true")
+    p.add_argument("--bon-n", default="", help="comma-separated extra Best-of-N sizes (e.g. one at SEA's wall-clock)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True, help="JSONL: one row per setting, appended as each finishes")
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
         row = sea_row(label, res)
         calls.add(row["reward_calls"])
         emit(row)
+    calls |= {int(x) for x in args.bon_n.split(",") if x.strip()}
     for n in sorted(calls) if not args.no_bon else ():
         res = bon_generate(model, tok, prompts, reward, n=n, max_new_tokens=args.max_new_tokens, seed=args.seed,
                            progress=False)
