@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "eval_mode",
     "fork_cache",
+    "forward_kwargs",
     "head_device",
     "input_device",
     "input_embedding",
@@ -246,6 +247,35 @@ def _returned_cache(out, api: ModelInterface):
     return None
 
 
+def forward_kwargs(api: ModelInterface, *, input_ids: torch.Tensor | None = None,
+                   inputs_embeds: torch.Tensor | None = None, attention_mask=None,
+                   position_ids: torch.Tensor | None = None, cache=None, use_cache: bool | None = None,
+                   logits_to_keep: int | None = None) -> dict:
+    """The keyword arguments of one forward of the model ``api`` describes (every forward the engine,
+    the metrics and SEA run is built here, so what a model is given is decided in one place).
+
+    Exactly one of ``input_ids`` / ``inputs_embeds`` (``[N, S]`` / ``[N, S, d]``). The others are
+    passed when given (not None), except that ``position_ids`` and ``logits_to_keep`` are dropped for a
+    forward that does not take them (``api.position_ids`` / ``api.logits_to_keep``) and ``cache`` goes
+    under the forward's own cache argument (``api.cache_kwarg``). ``use_cache=None`` leaves the model's
+    default. Whether a decode step passes its mask (``api.mask_on_decode``) stays the caller's choice.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("forward_kwargs: give exactly one of input_ids and inputs_embeds")
+    kwargs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if use_cache is not None:
+        kwargs["use_cache"] = use_cache
+    if cache is not None:
+        kwargs[api.cache_kwarg] = cache
+    if position_ids is not None and api.position_ids:
+        kwargs["position_ids"] = position_ids
+    if logits_to_keep is not None and api.logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return kwargs
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run the block with ``model`` in eval mode (no dropout) and restore each submodule's own
@@ -296,11 +326,8 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
     if input_ids.shape[1] < 2:
         return PromptCache(input_ids, mask, None)
-    kwargs = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}
-    if api.position_ids:
-        kwargs["position_ids"] = position_ids(mask[:, :-1])
-    if api.logits_to_keep:
-        kwargs["logits_to_keep"] = 1
+    kwargs = forward_kwargs(api, input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True,
+                            position_ids=position_ids(mask[:, :-1]), logits_to_keep=1)
     with _recording_head_norm(model) as norms:
         out = model(**kwargs)
     cache = _returned_cache(out, api)
@@ -336,30 +363,37 @@ def prompt_head_norm(model, prompt_cache: PromptCache) -> torch.Tensor:
     short = mask[:, :-1].sum(dim=1) == 0  # every row when P == 1 (nothing was prefilled)
     if bool(short.any()):
         norms = torch.zeros(len(ids)) if norms is None else norms.clone()
-        api = model_interface(model)
-        kwargs = {"input_ids": ids[short][:, -1:]}
-        if api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+        kwargs = forward_kwargs(model_interface(model), input_ids=ids[short][:, -1:], logits_to_keep=1)
         with torch.no_grad(), _recording_head_norm(model) as recorded:
             model(**kwargs)
         norms[short.cpu()] = recorded[-1]
     return norms
 
 
-def fork_cache(cache, rows: int, repeats: int):
-    """A new cache whose row ``b * repeats + i`` is row ``b`` of ``cache`` (``rows`` rows; ``cache`` is left
-    unchanged, so it can be forked again). Works for every layer type of transformers' ``Cache``
-    (attention, sliding-window, state-space/linear-attention, hybrids) through ``reorder_cache``."""
+def fork_cache(cache, rows: int | torch.Tensor, repeats: int = 1):
+    """A new cache whose row ``j`` is row ``index[j]`` of ``cache``; ``cache`` is left unchanged, so it
+    can be forked again.
+
+    ``rows`` is either the number of rows of ``cache`` (an int), and then ``index`` is
+    ``arange(rows).repeat_interleave(repeats)`` (row ``b * repeats + i`` is row ``b``: every rollout of
+    prompt b), or ``index`` itself, a 1-D int64 tensor of rows of ``cache`` in any order, repeats allowed
+    (the prompt cache forked to chosen rows, e.g. SEA's chains ``rows // chains``; ``repeats`` must then
+    be 1). Works for every layer type of transformers' ``Cache`` (attention, sliding-window,
+    state-space/linear-attention, hybrids) through ``reorder_cache``; an int ``rows`` with
+    ``repeats == 1`` is a plain copy (no ``reorder_cache`` needed)."""
     if cache is None:
         return None
+    by_index = isinstance(rows, torch.Tensor)
+    if by_index and repeats != 1:
+        raise ValueError("fork_cache: an index tensor takes no repeats")
     forked = copy.deepcopy(cache)
-    if repeats == 1:
+    if repeats == 1 and not by_index:
         return forked
     reorder = getattr(forked, "reorder_cache", None)
     if not callable(reorder):
         raise InputError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
                          "(it has no reorder_cache)")
-    reorder(torch.arange(rows).repeat_interleave(repeats))
+    reorder(rows if by_index else torch.arange(rows).repeat_interleave(repeats))
     return forked
 
 
@@ -421,16 +455,11 @@ class _Running:
         if self.compiled is not None:
             return self.compiled(self.cur, self.position, mask, step)
         api = self.api
-        kwargs = {"input_ids": self.cur, "use_cache": True}
-        if api.mask_on_decode or self.cache is None:  # the first forward of an unprefilled batch takes it
-            kwargs["attention_mask"] = mask
-        if self.cache is not None:
-            kwargs[api.cache_kwarg] = self.cache
-        if api.position_ids:
-            kwargs["position_ids"] = self.position
-        if api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
+        # the first forward of an unprefilled batch (no cache yet) takes the mask whatever the model
+        use_mask = api.mask_on_decode or self.cache is None
+        out = self.model(**forward_kwargs(api, input_ids=self.cur, attention_mask=mask if use_mask else None,
+                                          cache=self.cache, use_cache=True, position_ids=self.position,
+                                          logits_to_keep=1))
         self.cache = _returned_cache(out, api)
         # the head may sit on another device than the inputs (device_map): logits come back to the inputs
         return out.logits[:, -1, :].to(device=self.mask.device, dtype=torch.float32)
@@ -698,14 +727,9 @@ class CompiledStep:
     def _prefill(self, prompt_cache: PromptCache) -> None:
         ids, mask = prompt_cache.input_ids[:, :-1], prompt_cache.attention_mask[:, :-1]
         position = position_ids(mask)
-        kwargs = {"input_ids": ids, "use_cache": True, "attention_mask": self._mask(mask, position,
-                                                                                  self.prompt_static),
-                  self.api.cache_kwarg: self.prompt_static}
-        if self.api.position_ids:
-            kwargs["position_ids"] = position
-        if self.api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        self.model(**kwargs)
+        self.model(**forward_kwargs(self.api, input_ids=ids, use_cache=True,
+                                    attention_mask=self._mask(mask, position, self.prompt_static),
+                                    cache=self.prompt_static, position_ids=position, logits_to_keep=1))
 
     def _mask(self, mask2d: torch.Tensor, position: torch.Tensor, cache):
         """The attention mask a static cache needs (what ``generate`` builds for compileable caches: a 4D
@@ -720,13 +744,8 @@ class CompiledStep:
                     position_ids=position)
 
     def _forward(self, input_ids, position_ids, attention_mask):
-        kwargs = {"input_ids": input_ids, "use_cache": True, self.api.cache_kwarg: self.cache}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask
-        if self.api.position_ids:
-            kwargs["position_ids"] = position_ids
-        if self.api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+        kwargs = forward_kwargs(self.api, input_ids=input_ids, use_cache=True, cache=self.cache,
+                                attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
         return self.model(**kwargs).logits[:, -1, :].float()
 
     def start(self) -> None:
