@@ -518,77 +518,113 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     computes the last position only (``logits_to_keep=1``) where the model supports it.
     """
     api = model_interface(model)
-    device = input_ids.device
     if prompt_cache is None:
         prompt_cache = prefill(model, input_ids, attention_mask, api=api)
-    B, P = prompt_cache.input_ids.shape
-    N, T = B * repeats, max_new_tokens
+    N, T = prompt_cache.input_ids.shape[0] * repeats, max_new_tokens
     if compiled is not None:
-        _check_compiled(compiled, N, T, transform, compact_below)
-        if compiled.base_logprobs != bool(base_logprobs):
-            raise ValueError(f"compiled: built with base_logprobs={compiled.base_logprobs}, decode called with "
-                             f"base_logprobs={bool(base_logprobs)}")
+        _check_compiled(compiled, N, T, transform, compact_below, base_logprobs)
         compiled.start()
-    check_every = eos_check_every or (1 if device.type == "cpu" else 8)
-    eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
+    device = input_ids.device
     run = _Running(model, api, prompt_cache, repeats, T, compiled)
-    active = compiled.active.fill_(True) if compiled is not None else torch.ones(N, dtype=torch.bool, device=device)
-    lengths = torch.full((N,), T, dtype=torch.long, device=device)
-    tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
-    pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
-    all_logits = [] if return_logits else None
-    logprob = torch.zeros(N, dtype=torch.float32, device=device) if base_logprobs else None
+    rec = _Record(N, T, pad_id, eos_ids, device, compiled, return_logits, base_logprobs)
+    # with a head transform and base_logprobs the head's output stacks the perturbed and unperturbed rows
     stacked = bool(base_logprobs) and (transform is not None or (compiled is not None and compiled.transform is not None))
-    state = {"step": 0}
-
-    def head_transform(h):  # h on the head's device, which may differ from the inputs' device
-        rows = None if run.rows is None else run.rows.to(h.device)
-        z = transform(_scatter_rows(h, rows, N), state["step"], active)
-        return z if rows is None else z[rows]
-
-    hook = head_transform if transform is not None else None
+    hook = _StepTransform(transform, run, rec.active) if transform is not None else None
+    check_every = eos_check_every or (1 if device.type == "cpu" else 8)
     with perturb_head_input(model, hook, keep_input=stacked), \
             (compiled.hooked() if compiled is not None else contextlib.nullcontext()):
         for step in range(T):
-            state["step"] = step
-            out = run.logits(step)
-            base = None
-            if stacked:  # rows [0, R): the perturbed head input, [R, 2R): the unperturbed one
-                out, base = out.chunk(2, dim=0)
-            logits = _scatter_rows(out, run.rows, N)
-            if all_logits is not None:
-                all_logits.append(logits)
-            nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
-            nxt = torch.where(active, nxt, pad)
-            if logprob is not None:
-                base = logits if base is None else _scatter_rows(base, run.rows, N)
-                step_lp = base.gather(1, nxt.unsqueeze(1)).squeeze(1) - torch.logsumexp(base, dim=-1)
-                logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
-            tokens[:, step] = nxt
-            ended = active & torch.isin(nxt, eos)
-            lengths = torch.where(ended, step + 1, lengths)
-            active &= ~ended  # in place: a compiled step's transform holds this tensor
-            if (step + 1) % check_every == 0:
-                n_active = int(active.sum())
-                if n_active == 0:
-                    tokens = tokens[:, : step + 1]
-                    break
-                running = N if run.rows is None else len(run.rows)
-                if compact_below is not None and n_active <= compact_below * running:
-                    run.compact(active)
+            if hook is not None:
+                hook.step = step
+            nxt = rec.step(step, run, choose, stacked)
+            if (step + 1) % check_every == 0 and not _after_check(rec, run, step, compact_below):
+                break
             run.advance(nxt)
-    logits_t = torch.stack(all_logits, dim=1)[:, : tokens.shape[1]] if all_logits is not None else None
-    return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t,
-                    base_logprob=logprob)
+    return rec.rollouts()
 
 
-def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below) -> None:
+class _StepTransform:
+    """``decode``'s ``transform`` as the head hook calls it: on all N rows (the running ones scattered
+    back in place, ended ones zeros) with the current decode step (set by the loop) and ``active``."""
+
+    def __init__(self, transform, run: "_Running", active: torch.Tensor):
+        self.transform, self.run, self.active, self.step = transform, run, active, 0
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:  # h on the head's device, maybe not the inputs'
+        rows = None if self.run.rows is None else self.run.rows.to(h.device)
+        z = self.transform(_scatter_rows(h, rows, self.active.shape[0]), self.step, self.active)
+        return z if rows is None else z[rows]
+
+
+class _Record:
+    """What :func:`decode` keeps of every rollout: its tokens, length, whether it is still active, the
+    logits of every step and the sum of its base log-probabilities (when asked for)."""
+
+    def __init__(self, N: int, T: int, pad_id: int, eos_ids, device, compiled, return_logits: bool,
+                 base_logprobs: bool):
+        self.N = N
+        self.eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
+        # in place from here on: a compiled step's transform holds this tensor
+        self.active = compiled.active.fill_(True) if compiled is not None else torch.ones(N, dtype=torch.bool,
+                                                                                          device=device)
+        self.lengths = torch.full((N,), T, dtype=torch.long, device=device)
+        self.tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
+        self.pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
+        self.all_logits = [] if return_logits else None
+        self.logprob = torch.zeros(N, dtype=torch.float32, device=device) if base_logprobs else None
+
+    def step(self, step: int, run: "_Running", choose, stacked: bool) -> torch.Tensor:
+        """Run the forward of decode step ``step``, choose and record the next tokens ``[N]``."""
+        out = run.logits(step)
+        base = None
+        if stacked:  # rows [0, R): the perturbed head input, [R, 2R): the unperturbed one
+            out, base = out.chunk(2, dim=0)
+        logits = _scatter_rows(out, run.rows, self.N)
+        if self.all_logits is not None:
+            self.all_logits.append(logits)
+        active = self.active
+        nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
+        nxt = torch.where(active, nxt, self.pad)
+        if self.logprob is not None:
+            base = logits if base is None else _scatter_rows(base, run.rows, self.N)
+            step_lp = base.gather(1, nxt.unsqueeze(1)).squeeze(1) - torch.logsumexp(base, dim=-1)
+            self.logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
+        self.tokens[:, step] = nxt
+        ended = active & torch.isin(nxt, self.eos)
+        self.lengths = torch.where(ended, step + 1, self.lengths)
+        active &= ~ended  # in place (see __init__)
+        return nxt
+
+    def rollouts(self) -> Rollouts:
+        tokens = self.tokens
+        logits = torch.stack(self.all_logits, dim=1)[:, : tokens.shape[1]] if self.all_logits is not None else None
+        return Rollouts(tokens=tokens, lengths=self.lengths.clamp_max(tokens.shape[1]), finished=~self.active,
+                        logits=logits, base_logprob=self.logprob)
+
+
+def _after_check(rec: _Record, run: "_Running", step: int, compact_below: float | None) -> bool:
+    """The EOS check after ``step`` (the loop's one host sync): False when every rollout has ended (the
+    tokens are cut to the steps run); else compacts the running batch when ``compact_below`` says so."""
+    n_active = int(rec.active.sum())
+    if n_active == 0:
+        rec.tokens = rec.tokens[:, : step + 1]
+        return False
+    running = rec.N if run.rows is None else len(run.rows)
+    if compact_below is not None and n_active <= compact_below * running:
+        run.compact(rec.active)
+    return True
+
+
+def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below, base_logprobs) -> None:
     if (compiled.rows, compiled.max_new_tokens) != (N, T):
         raise ValueError(f"compiled: built for {compiled.rows} rollouts of {compiled.max_new_tokens} tokens, "
                          f"asked for {N} of {T}")
     if transform is not None or compact_below is not None:
         raise ValueError("compiled: the compiled step carries its own transform and keeps every row "
                          "(transform and compact_below must be None)")
+    if compiled.base_logprobs != bool(base_logprobs):
+        raise ValueError(f"compiled: built with base_logprobs={compiled.base_logprobs}, decode called with "
+                         f"base_logprobs={bool(base_logprobs)}")
 
 
 def _kept_batch_rows(active: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
