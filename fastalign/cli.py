@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fastalign import _inputs
+from fastalign._progress import Progress
 from fastalign.errors import InputError
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -177,46 +178,6 @@ def _info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class _Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, sparse lines otherwise)."""
-
-    def __init__(self, label: str, total: int | None = None, stream=None, enabled: bool = True):
-        self.label, self.total, self.done = label, total, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
-        self._last_pct = -1
-
-    def __call__(self, done: int | None = None, total: int | None = None, note: str = "") -> None:
-        if not self.enabled:
-            return
-        self.done = self.done + 1 if done is None else done
-        if total is not None:
-            self.total = total
-        elapsed = time.perf_counter() - self.t0
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 24)
-            text = f"{self.label} [{bar:<24}] {self.done}/{self.total} {elapsed:6.1f}s {note}".rstrip()
-            pct = int(frac * 10)
-        else:
-            text = f"{self.label} {self.done} {elapsed:6.1f}s {note}".rstrip()
-            pct = self.done
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
-        elif pct != self._last_pct:  # in a log: one line per 10 %
-            self._last_pct = pct
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _load_bench_module(name: str):
     """``bench/<name>.py`` of the source checkout (or ``fastalign._bench`` when packaged)."""
     try:
@@ -277,9 +238,9 @@ def cmd_check(args) -> int:
         _info("fastalign check: no GPU, so the Triton kernels run under Triton's CPU interpreter")
 
     try:
-        rows_progress = _Progress("check", enabled=not args.json and sys.stderr.isatty())
+        rows_progress = Progress("check", enabled=not args.json and sys.stderr.isatty())
         backend = None if args.backend == "auto" else args.backend
-        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress())
+        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress.update())
         rows_progress.close()
     except registry.BackendUnavailableError as exc:
         _err(str(exc))
