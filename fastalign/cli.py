@@ -103,34 +103,24 @@ _nonneg_int = _int_in(0, None, "an integer >= 0")
 _seed = _int_in(0, 2**63 - 1, "an integer in [0, 2**63)")
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+def _float_in(ok, what: str, out_of_range: str | None = None):
+    """A float option's parser: ``ok(value)`` says whether it is allowed; the error says it expected
+    ``what`` (``out_of_range`` for a number that is not allowed, when it says more)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {out_of_range or what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+_nonneg_float = _float_in(lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "a finite number >= 0")
+_positive_float = _float_in(lambda v: math.isfinite(v) and v > 0, "a positive number")
+_unit_float = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _top_p(text: str) -> float:

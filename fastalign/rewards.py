@@ -64,6 +64,23 @@ def default_encoder_dir() -> Path:
     return default_reward_dir()
 
 
+def _from_pretrained(auto_class, path: str, tokenizer):
+    """The model at ``path`` (through ``auto_class``) and, unless given, its tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    return auto_class.from_pretrained(path), tokenizer
+
+
+def _placed(model, tokenizer, device, who: str, what: str):
+    """``(model in eval mode, on device when given, tokenizer)``; a reward needs its model's tokenizer."""
+    if tokenizer is None:
+        raise InputTypeError(f"tokenizer: {who} needs the {what}'s tokenizer")
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
 def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
     """The special ids a tokenizer puts before and after a text (e.g. ``[CLS]`` / ``[SEP]``, BOS)."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -116,16 +133,10 @@ class SequenceClassifierReward:
     def __init__(self, model, tokenizer=None, *, label_index: int | None = None, score: str = "logit",
                  template: str = "{prompt}\n{response}", batch_size: int = 16, max_length: int = 512, device=None):
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoModelForSequenceClassification
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model))
-        if tokenizer is None:
-            raise InputTypeError("tokenizer: SequenceClassifierReward needs the classifier's tokenizer")
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+            model, tokenizer = _from_pretrained(AutoModelForSequenceClassification, str(model), tokenizer)
+        self.model, self.tokenizer = _placed(model, tokenizer, device, "SequenceClassifierReward", "classifier")
         num_labels = int(getattr(model.config, "num_labels", 1))
         if label_index is None and num_labels != 1:
             raise InputError(f"label_index: the classifier has {num_labels} labels, so name the one to reward "
@@ -301,17 +312,11 @@ class EmbeddingSimilarityReward:
         if not isinstance(target, str) or not target.strip():
             raise InputError(f"target: expected a non-empty description, got {target!r}")
         if model is None or isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel
 
             path = str(default_encoder_dir() if model is None else model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
-        if tokenizer is None:
-            raise InputTypeError("tokenizer: EmbeddingSimilarityReward needs the encoder's tokenizer")
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+            model, tokenizer = _from_pretrained(AutoModel, path, tokenizer)
+        self.model, self.tokenizer = _placed(model, tokenizer, device, "EmbeddingSimilarityReward", "encoder")
         self.target = target
         self.include_prompt = bool(include_prompt)
         self.batch_size = int(batch_size)
