@@ -1,6 +1,6 @@
 """Microbenchmarks of the fused ops against what a user writes by hand (``fastalign bench``).
 
-Providers: ``naive`` (:mod:`fastalign.backends.naive`: ``torch.randn`` noise tensors and separate
+Providers: ``naive`` (bench/naive.py, :mod:`fastalign._bench.naive`: ``torch.randn`` noise tensors and separate
 eager kernels), ``naive+torch.compile`` (the same functions through ``torch.compile``), ``torch``
 (the reference backend), and the fused backends ``cpu``, ``triton``, ``cuda`` where they run on the
 benchmark device (CUDA when present, else CPU; Triton's CPU interpreter is a test mode and is not
@@ -90,7 +90,7 @@ class Case:
 def _aisp_perturb_case(B, n, d, tau=64, step=5, es=4) -> Case:
     def make(provider, device, dtype):
         from fastalign import ops
-        from fastalign.backends import naive
+        from fastalign._bench import naive
 
         g = torch.Generator().manual_seed(0)
         h = torch.randn(B, n, d, generator=g).to(device, dtype)
@@ -110,7 +110,7 @@ def _aisp_perturb_case(B, n, d, tau=64, step=5, es=4) -> Case:
 def _aisp_iteration_case(B, n, tau, d, es=4) -> Case:
     def make(provider, device, dtype):
         from fastalign import ops
-        from fastalign.backends import naive
+        from fastalign._bench import naive
 
         g = torch.Generator().manual_seed(0)
         h = torch.randn(B, n, d, generator=g).to(device, dtype)
@@ -151,7 +151,7 @@ def _aisp_update_case(B, n, tau, d, es=4) -> Case:
     regenerates the ``n*tau*d`` normals of each prompt; naive, the einsum over the stored noise tensor."""
     def make(provider, device, dtype):
         from fastalign import ops
-        from fastalign.backends import naive
+        from fastalign._bench import naive
 
         g = torch.Generator().manual_seed(0)
         u = (0.1 * torch.randn(B, tau, d, generator=g)).to(device, dtype)
@@ -174,7 +174,7 @@ def _aisp_update_case(B, n, tau, d, es=4) -> Case:
 def _sea_step_case(B, L, V, es=4) -> Case:
     def make(provider, device, dtype):
         from fastalign import ops
-        from fastalign.backends import naive
+        from fastalign._bench import naive
 
         g = torch.Generator().manual_seed(0)
         y = torch.randn(B, L, V, generator=g).to(device, dtype)

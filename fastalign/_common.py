@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from dataclasses import dataclass, field
 
 import torch
 
-from fastalign import _context, encoding, engine
+from fastalign import _context, _progress, encoding, engine
 from fastalign.encoding import response_texts
 from fastalign.errors import InputError, InputTypeError
 from fastalign.rewards import call_reward
@@ -66,16 +65,13 @@ def check_context(limit, counts: list[int], max_new_tokens: int, *, truncate: bo
     return _context.check_prompt_lengths(counts, limit, max_new_tokens, truncate=truncate)
 
 
-class Progress:
-    """One line per iteration on stderr when enabled."""
+class Progress(_progress.Progress):
+    """A method's progress lines on stderr when enabled (``fastalign aisp: ...``, one per iteration):
+    fastalign's one reporter, labelled with the method."""
 
     def __init__(self, enabled: bool, method: str):
-        self.enabled = bool(enabled)
+        super().__init__(f"fastalign {method}", enabled=enabled)
         self.method = method
-
-    def __call__(self, msg: str) -> None:
-        if self.enabled:
-            print(f"fastalign {self.method}: {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -367,6 +367,30 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
     return results[0] if single else results
 
 
+def _iteration_line(it: int, iterations: int, best: BestSoFar, rel, ess, seconds: float) -> str:
+    """The progress line of iteration ``it``: each prompt's mean and best reward, control norm and ESS."""
+    B = len(rel)
+    return (f"iteration {it + 1}/{iterations}: mean reward "
+            + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
+            + ", ".join(fmt(best.reward[b]) for b in range(B)) + "; |u|/|h| "
+            + ", ".join(f"{x:.3f}" for x in rel) + "; ESS " + ", ".join(f"{x:.1f}" for x in ess)
+            + f" ({seconds:.1f} s)")
+
+
+def _final_candidates(model, encoded, u, sigmas, seeds, st: AispSettings, score, record_lp: bool) -> None:
+    """The extra candidates around the learned control, scored by ``score``: ``final_samples`` rollouts
+    with fresh noise and the noise-free mean (``mean_rollout``)."""
+    if st.final_samples:
+        final = _Perturbation(u, st.final_samples, sigmas, seeds, st.backend)
+        # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise
+        final.start(-(-st.iterations * st.n // st.final_samples), u)
+        score(encoded.decode(model, repeats=st.final_samples, max_new_tokens=st.max_new_tokens, transform=final,
+                             base_logprobs=record_lp), st.final_samples)
+    if st.mean_rollout:
+        score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u),
+                             base_logprobs=record_lp), 1)
+
+
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: AispSettings, *, with_base: bool = False,
         progress: bool = True, metrics: bool = True) -> list:
     """AISP on already encoded prompts (what :func:`aisp_generate` and :mod:`fastalign.hf` share): one
@@ -421,20 +445,8 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: Ais
                 for b in range(B):
                     health["control_norm"][b].append(rel[b])
                     health["ess"][b].append(ess[b])
-                say(f"iteration {it + 1}/{st.iterations}: mean reward "
-                    + ", ".join(fmt(best.trace_mean[b][-1]) for b in range(B)) + "; best "
-                    + ", ".join(fmt(best.reward[b]) for b in range(B)) + "; |u|/|h| "
-                    + ", ".join(f"{x:.3f}" for x in rel) + "; ESS " + ", ".join(f"{x:.1f}" for x in ess)
-                    + f" ({time.perf_counter() - t0:.1f} s)")
-        if st.final_samples:
-            final = _Perturbation(u, st.final_samples, sigmas, seeds, st.backend)
-            # the first stream block past every iteration's noise: k >= iterations * n * tau * d, fresh noise
-            final.start(-(-st.iterations * st.n // st.final_samples), u)
-            score(encoded.decode(model, repeats=st.final_samples, max_new_tokens=st.max_new_tokens, transform=final,
-                                 base_logprobs=record_lp), st.final_samples)
-        if st.mean_rollout:
-            score(encoded.decode(model, max_new_tokens=st.max_new_tokens, transform=_mean_control(u),
-                                 base_logprobs=record_lp), 1)
+                say(_iteration_line(it, st.iterations, best, rel, ess, time.perf_counter() - t0))
+        _final_candidates(model, encoded, u, sigmas, seeds, st, score, record_lp)
 
     seconds = time.perf_counter() - t0
     results = [

@@ -21,6 +21,22 @@ missing optional package, a file that cannot be read or written, a prompt past t
 missing-model and unavailable-backend errors) gets a one-line message on stderr before any model
 loads, never a traceback (``FASTALIGN_DEBUG=1`` raises it instead). Any other exception is a bug and
 keeps its traceback, exit status 1 (docs/design.md#errors).
+
+Adding an ``align`` option is one :class:`Option` entry in :data:`ALIGN_OPTIONS` (placed where its flag
+should show in ``--help``). From that entry come the flag (type, help, default), the method's default
+(:data:`ALIGN_DEFAULTS`), the refusal when another method is chosen (:data:`_METHOD_OPTIONS`), the
+keyword ``_align_batch`` calls the method's function with, and the results' ``settings``. A SEA option,
+for example ``--noise-std`` passed to ``sea_generate(noise_std=...)``::
+
+    Option("noise_std", ("--noise-std",), "SEA Langevin noise std (default {sea})",
+           argparse=dict(type=_nonneg_float, default=None), methods=("sea",),
+           defaults=dict(sea=0.01), keywords=dict(sea="noise_std")),
+
+``show="given"`` keeps an option without a default out of ``settings`` unless it is given;
+``convert``, ``when``, ``shown_as`` and ``passed_as`` cover the special forms (AISP's three noise
+forms, ``--control-cap 0`` meaning none, Best-of-N's n * iterations samples). A new key goes after the
+existing ones in ``settings`` (:data:`_SETTINGS_ORDER` keeps the older keys' order). A new method: its
+function in ``_METHOD_FUNCTIONS`` and its name in ``METHODS``.
 """
 from __future__ import annotations
 
@@ -33,9 +49,12 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from fastalign import _inputs
+from fastalign._progress import Progress
 from fastalign.errors import InputError
 
 __all__ = ["main", "build_parser", "UsageError"]
@@ -84,34 +103,24 @@ _nonneg_int = _int_in(0, None, "an integer >= 0")
 _seed = _int_in(0, 2**63 - 1, "an integer in [0, 2**63)")
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+def _float_in(ok, what: str, out_of_range: str | None = None):
+    """A float option's parser: ``ok(value)`` says whether it is allowed; the error says it expected
+    ``what`` (``out_of_range`` for a number that is not allowed, when it says more)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {out_of_range or what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+_nonneg_float = _float_in(lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "a finite number >= 0")
+_positive_float = _float_in(lambda v: math.isfinite(v) and v > 0, "a positive number")
+_unit_float = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _top_p(text: str) -> float:
@@ -157,46 +166,6 @@ def _err(msg: str) -> None:
 
 def _info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-class _Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, sparse lines otherwise)."""
-
-    def __init__(self, label: str, total: int | None = None, stream=None, enabled: bool = True):
-        self.label, self.total, self.done = label, total, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.t0 = time.perf_counter()
-        self._last_pct = -1
-
-    def __call__(self, done: int | None = None, total: int | None = None, note: str = "") -> None:
-        if not self.enabled:
-            return
-        self.done = self.done + 1 if done is None else done
-        if total is not None:
-            self.total = total
-        elapsed = time.perf_counter() - self.t0
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 24)
-            text = f"{self.label} [{bar:<24}] {self.done}/{self.total} {elapsed:6.1f}s {note}".rstrip()
-            pct = int(frac * 10)
-        else:
-            text = f"{self.label} {self.done} {elapsed:6.1f}s {note}".rstrip()
-            pct = self.done
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text)
-            self.stream.flush()
-        elif pct != self._last_pct:  # in a log: one line per 10 %
-            self._last_pct = pct
-            self.stream.write(text + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _load_bench_module(name: str):
@@ -259,9 +228,9 @@ def cmd_check(args) -> int:
         _info("fastalign check: no GPU, so the Triton kernels run under Triton's CPU interpreter")
 
     try:
-        rows_progress = _Progress("check", enabled=not args.json and sys.stderr.isatty())
+        rows_progress = Progress("check", enabled=not args.json and sys.stderr.isatty())
         backend = None if args.backend == "auto" else args.backend
-        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress())
+        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress.update())
         rows_progress.close()
     except registry.BackendUnavailableError as exc:
         _err(str(exc))
@@ -404,27 +373,208 @@ def _read_prompts(args) -> list[dict]:
     return [{"prompt": prompt} for prompt in args.prompt]
 
 
-#: Defaults of ``fastalign align`` when an option is not given: small enough to finish in about a
-#: minute per prompt on 2 CPU cores with the embedded default model. AISP's noise, trust region and
-#: weights are the library's defaults (fastalign.aisp: rel_sigma 0.1, control_cap 0.5, z-scored rewards
-#: with lam 0.5), chosen by bench/bench_trust.py (bench/RESULTS.md); written out here so the CLI starts
-#: without torch (a test keeps them equal).
+# ------------------------------------------------------------------------------ align's options
+@dataclass(frozen=True)
+class Option:
+    """One option of ``fastalign align``, declared once (:data:`ALIGN_OPTIONS`): its flag, which methods
+    take it, its default per method, the keyword it reaches the method's function as, and how it shows
+    in the results' ``settings``.
+
+    dest, flags, help, argparse: what ``add_argument`` gets (``argparse``: type, action, default,
+        choices, metavar, nargs); a ``{method}`` field in ``help`` is filled from ``defaults``.
+    group: options with the same group name are mutually exclusive.
+    methods: the methods that take the option (the others refuse it: exit 2); None for an option of
+        the command rather than of a method (never refused, never in ``settings``).
+    defaults: the command's default per method when the option is not given (:data:`ALIGN_DEFAULTS`);
+        a method missing here gets None.
+    keywords: method -> the keyword the method's function is called with (``_align_batch``); a
+        method missing here is not passed the option.
+    convert: the value as the method takes it and ``settings`` shows it (``--control-cap 0`` -> None).
+    when: the option is passed and shown only when this holds (one of AISP's three noise forms).
+    show: in ``settings``: "default" (for every method with a default), "given" (only when given).
+    shown_as: the ``settings`` entries for a value (default ``{dest: value}``).
+    passed_as: the value the method's function gets, from the shown one (Best-of-N's n * iterations).
+    """
+
+    dest: str
+    flags: tuple[str, ...]
+    help: str | None = None
+    argparse: Mapping[str, Any] = field(default_factory=dict)
+    group: str | None = None
+    methods: tuple[str, ...] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    keywords: Mapping[str, str] = field(default_factory=dict)
+    convert: Callable[[Any], Any] | None = None
+    when: Callable[[argparse.Namespace], bool] | None = None
+    show: str = "default"
+    shown_as: Callable[[Any], dict] | None = None
+    passed_as: Callable[[argparse.Namespace, str, Any], Any] | None = None
+
+    def value(self, args, method: str):
+        """The option's value for ``method``: as given, else the method's default (then ``convert``)."""
+        value = getattr(args, self.dest, None)
+        value = self.defaults.get(method) if value is None else value
+        return self.convert(value) if self.convert is not None else value
+
+    def applies(self, args, method: str) -> bool:
+        return self.methods is not None and method in self.methods and (self.when is None or self.when(args))
+
+    def settings(self, args, method: str) -> dict:
+        """What ``settings`` shows of this option for ``method`` (empty when nothing)."""
+        if not self.applies(args, method):
+            return {}
+        if self.show == "default" and method not in self.defaults:
+            return {}
+        if self.show == "given" and getattr(args, self.dest, None) in (None, False):
+            return {}
+        value = self.value(args, method)
+        return self.shown_as(value) if self.shown_as is not None else {self.dest: value}
+
+
+def _given(dest: str):
+    return lambda args: getattr(args, dest, None) is not None
+
+
 #: ``--kl-coef``'s default for every method: the objective's beta is in reward units, and this value
 #: was chosen for the CLI's default reward (a cosine similarity in [-1, 1]) by bench/bench_trust.py; the
 #: library's default is 0 (the raw reward), so a reward of another scale starts from the paper's form.
 CLI_KL_COEF = 0.08
-ALIGN_DEFAULTS = {
-    "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, lam=0.5, alpha=0.999,
-                 normalize_rewards=True, mean_rollout=False, final_samples=0, kl_coef=CLI_KL_COEF),
-    "bon": dict(n=8, iterations=4, max_new_tokens=48, top_p=1.0, kl_coef=CLI_KL_COEF),
-    "sea": dict(n=4, iterations=20, max_new_tokens=32, lr=0.1, kl_coef=CLI_KL_COEF),
-}
+
+
+def _same_keyword(name: str, methods: tuple[str, ...] = METHODS) -> dict:
+    return {m: name for m in methods}
+
+
+#: Every option of ``fastalign align``, in ``--help`` order. The defaults are ``fastalign align``'s when an
+#: option is not given: small enough to finish in about a minute per prompt on 2 CPU cores with the
+#: embedded default model. AISP's noise, trust region and weights are the library's defaults
+#: (fastalign.aisp: rel_sigma 0.1, control_cap 0.5, z-scored rewards with lam 0.5), chosen by
+#: bench/bench_trust.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
+#: keeps them equal).
+ALIGN_OPTIONS: tuple[Option, ...] = (
+    Option("prompt", ("prompt",), "the user prompt(s); several are aligned together in batches",
+           argparse=dict(nargs="*")),
+    Option("prompts_file", ("--prompts-file",),
+           "one JSON object per line with a \"prompt\" (and optionally \"target\"); prints one JSON line each",
+           argparse=dict(metavar="F.jsonl")),
+    Option("method", ("--method",), argparse=dict(choices=METHODS, default="aisp")),
+    Option("target", ("--target",), "description of the wanted response (embedding-similarity reward)"),
+    Option("model", ("--model",),
+           "causal LM: Hugging Face id, local directory or .gguf (default: embedded SmolLM2-135M-Instruct)"),
+    Option("reward", ("--reward",), "sentence-embedding model for the reward (default: embedded all-MiniLM-L6-v2)"),
+    Option("n", ("-n", "--rollouts", "--n"),
+           "AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1). "
+           "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)",
+           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           defaults=dict(aisp=8, bon=8, sea=4), keywords=dict(aisp="n", bon="n", sea="chains"),
+           passed_as=lambda args, m, n: n * Option.value(_OPTION["iterations"], args, m) if m == "bon" else n),
+    Option("iterations", ("--iterations",), "AISP iterations (4) / SEA steps (20)",
+           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           defaults=dict(aisp=4, bon=4, sea=20), keywords=dict(aisp="iterations", sea="steps")),
+    Option("max_new_tokens", ("--max-new-tokens",), "response length in tokens",
+           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           defaults=dict(aisp=48, bon=48, sea=32), keywords=_same_keyword("max_new_tokens")),
+    Option("truncate_prompt", ("--truncate-prompt",),
+           "cut a prompt too long for the model's context (its tokens + --max-new-tokens) from the "
+           "left, keeping its last tokens, instead of refusing it (exit 2); a note on stderr says so",
+           argparse=dict(action="store_true", default=False), keywords=_same_keyword("truncate_prompt")),
+    Option("reward_model", ("--reward-model",),
+           "reward from a sequence-classification model (AutoModelForSequenceClassification: local "
+           "directory or cached hub id) scoring \"prompt\\nresponse\"; instead of --target",
+           argparse=dict(metavar="ID_OR_DIR")),
+    Option("reward_label", ("--reward-label",),
+           "--reward-model: the label whose logit is the reward (needed when it has several)",
+           argparse=dict(type=_nonneg_int, default=None)),
+    Option("reward_fn", ("--reward-fn",),
+           "reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
+           "FILE.py:FUNCTION); instead of --target",
+           argparse=dict(metavar="MODULE:FUNCTION")),
+    Option("rel_sigma", ("--rel-sigma",),
+           "AISP noise std relative to the prompt's pre-logits (the default form: {aisp})",
+           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           defaults=dict(aisp=0.1), keywords=dict(aisp="rel_sigma"),
+           when=lambda args: args.sigma is None and args.variance is None),
+    Option("sigma", ("--sigma",), "AISP absolute noise std (the paper's form); not with --rel-sigma/--variance",
+           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           keywords=dict(aisp="sigma"), show="given", when=_given("sigma")),
+    Option("variance", ("--variance",), "AISP absolute noise scale as a variance (std = sqrt(variance))",
+           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           keywords=dict(aisp="variance"), show="given", when=_given("variance"),
+           shown_as=lambda v: {"sigma": math.sqrt(v), "variance": v}),
+    Option("control_cap", ("--control-cap",),
+           "AISP trust region: each step's control at most this times the pre-logit norm "
+           "(default {aisp}; 0: no cap)",
+           argparse=dict(type=_nonneg_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
+           keywords=dict(aisp="control_cap"), convert=lambda cap: cap or None),  # 0: no trust region (None)
+    Option("kl_coef", ("--kl-coef",),
+           "maximise reward + KL_COEF * mean log p_base(token) instead of the raw reward "
+           "(default {aisp}; keeps the text fluent)",
+           argparse=dict(type=_nonneg_float, default=None), methods=METHODS,
+           defaults=dict(aisp=CLI_KL_COEF, bon=CLI_KL_COEF, sea=CLI_KL_COEF), keywords=_same_keyword("kl_coef")),
+    Option("lam", ("--lam",), "AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)",
+           argparse=dict(type=_positive_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
+           keywords=dict(aisp="lam")),
+    Option("alpha", ("--alpha",), "AISP alpha in [0, 1]", argparse=dict(type=_unit_float, default=None),
+           methods=("aisp",), defaults=dict(aisp=0.999), keywords=dict(aisp="alpha")),
+    Option("horizon", ("--horizon",), "AISP control horizon tau (tokens)",
+           argparse=dict(type=_positive_int, default=None), methods=("aisp",), keywords=dict(aisp="horizon"),
+           show="given"),
+    Option("normalize_rewards", ("--normalize-rewards",),
+           "AISP: z-score each prompt's rewards before dividing by --lam (default on; "
+           "--no-normalize-rewards: the paper's raw r / lam)",
+           argparse=dict(action=argparse.BooleanOptionalAction, default=None), methods=("aisp",),
+           defaults=dict(aisp=True), keywords=dict(aisp="normalize_rewards")),
+    Option("mean_rollout", ("--mean-rollout",),
+           "AISP: also decode the noise-free learned mean as a candidate (one more reward call)",
+           argparse=dict(action="store_true", default=None), methods=("aisp",), defaults=dict(aisp=False),
+           keywords=dict(aisp="mean_rollout")),
+    Option("final_samples", ("--final-samples",),
+           "AISP: also decode N rollouts around the learned mean as candidates (N more reward calls)",
+           argparse=dict(type=_nonneg_int, default=None), methods=("aisp",), defaults=dict(aisp=0),
+           keywords=dict(aisp="final_samples")),
+    Option("top_p", ("--top-p",), "Best-of-N nucleus sampling mass in (0, 1] (1.0)",
+           argparse=dict(type=_top_p, default=None), methods=("bon",), defaults=dict(bon=1.0),
+           keywords=dict(bon="top_p")),
+    Option("compile", ("--compile",), "AISP/Best-of-N: compiled decode step (torch.compile; a CUDA graph on a GPU)",
+           argparse=dict(action="store_true", default=False), methods=("aisp", "bon"),
+           keywords=dict(aisp="compile", bon="compile"), convert=bool, show="given"),
+    Option("lr", ("--lr",), "SEA step size", argparse=dict(type=_positive_float, default=None), methods=("sea",),
+           defaults=dict(sea=0.1), keywords=dict(sea="lr")),
+    Option("batch_size", ("--batch-size",), "prompts per batch (default 4)",
+           argparse=dict(type=_positive_int, default=4)),
+    Option("seed", ("--seed",), argparse=dict(type=_seed, default=0), keywords=_same_keyword("seed")),
+    Option("backend", ("--backend",), "fused-op backend (default: auto)",
+           argparse=dict(type=_backend_name, default=None), keywords=dict(aisp="backend", sea="backend")),
+    Option("threads", ("--threads",), "torch threads", argparse=dict(type=_positive_int, default=None)),
+    Option("out", ("--out",),
+           "write one JSON line per prompt (with its \"index\") to this file, in input order; "
+           "resumable (rerun the same command after a crash), sharded over the ranks under torchrun",
+           argparse=dict(metavar="F.jsonl")),
+    Option("device_map", ("--device-map",),
+           "spread the policy over the GPUs (and CPU) with accelerate's big-model placement",
+           argparse=dict(choices=("auto", "balanced", "balanced_low_0", "sequential"), default=None)),
+    Option("json", ("--json",), "print one JSON object per prompt (with --out: the run's summary)",
+           argparse=dict(action="store_true")),
+    Option("quiet", ("--quiet",), "no progress on stderr", argparse=dict(action="store_true")),
+)
+_OPTION = {o.dest: o for o in ALIGN_OPTIONS}
+
+#: The order of the results' ``settings`` keys (kept from before the table, so the JSON lines stay
+#: byte-identical); an option not named here follows these, in table order.
+_SETTINGS_ORDER = ("n", "iterations", "max_new_tokens", "control_cap", "lam", "alpha", "normalize_rewards",
+                   "mean_rollout", "final_samples", "top_p", "lr", "kl_coef", "rel_sigma", "sigma", "variance",
+                   "horizon", "compile")
+
+#: Defaults of ``fastalign align`` when an option is not given, per method (from :data:`ALIGN_OPTIONS`).
+ALIGN_DEFAULTS = {m: {o.dest: o.defaults[m] for o in ALIGN_OPTIONS if m in o.defaults} for m in METHODS}
 
 #: options that only some methods take (the flag as written, the methods)
-_METHOD_OPTIONS = {"sigma": ("aisp",), "variance": ("aisp",), "rel_sigma": ("aisp",), "control_cap": ("aisp",),
-                   "lam": ("aisp",), "alpha": ("aisp",),
-                   "horizon": ("aisp",), "mean_rollout": ("aisp",), "final_samples": ("aisp",),
-                   "normalize_rewards": ("aisp",), "top_p": ("bon",), "compile": ("aisp", "bon"), "lr": ("sea",)}
+_METHOD_OPTIONS = {o.dest: o.methods for o in ALIGN_OPTIONS if o.methods is not None and o.methods != METHODS}
+
+#: the function each method runs and what it is always given besides the options
+_METHOD_FUNCTIONS = {"aisp": ("fastalign.aisp", "aisp_generate", {"with_base": True}),
+                     "bon": ("fastalign.bon", "bon_generate", {"with_base": True}),
+                     "sea": ("fastalign.sea", "sea_generate", {})}
 
 
 def _setting(args, method: str, key: str):
@@ -432,67 +582,33 @@ def _setting(args, method: str, key: str):
     return ALIGN_DEFAULTS[method].get(key) if value is None else value
 
 
-def _control_cap(args) -> float | None:
-    """AISP's trust region as the library takes it: ``--control-cap 0`` means none (None)."""
-    return _setting(args, "aisp", "control_cap") or None
+def _method_keywords(args, method: str) -> dict:
+    """The keyword arguments ``method``'s function gets from the command line's options."""
+    kwargs = {}
+    for opt in ALIGN_OPTIONS:
+        name = opt.keywords.get(method)
+        if name is None or (opt.when is not None and not opt.when(args)):
+            continue
+        value = opt.value(args, method)
+        kwargs[name] = opt.passed_as(args, method, value) if opt.passed_as is not None else value
+    return kwargs
 
 
 def _align_batch(args, model, tokenizer, reward, prompts: list[str], progress: bool | None = None) -> list:
     """Run the chosen method on one batch of prompts; returns AlignResult objects."""
-    method = args.method
     progress = not args.quiet if progress is None else progress
-    common = dict(seed=args.seed, progress=progress, truncate_prompt=args.truncate_prompt)
-    if method == "aisp":
-        from fastalign.aisp import aisp_generate
-
-        noise = ({"variance": args.variance} if args.variance is not None
-                 else {"sigma": args.sigma} if args.sigma is not None
-                 else {"rel_sigma": _setting(args, method, "rel_sigma")})
-        return aisp_generate(model, tokenizer, prompts, reward, n=_setting(args, method, "n"),
-                             iterations=_setting(args, method, "iterations"), **noise,
-                             control_cap=_control_cap(args), kl_coef=_setting(args, method, "kl_coef"),
-                             lam=_setting(args, method, "lam"), alpha=_setting(args, method, "alpha"),
-                             horizon=args.horizon, max_new_tokens=_setting(args, method, "max_new_tokens"),
-                             normalize_rewards=_setting(args, method, "normalize_rewards"),
-                             mean_rollout=_setting(args, method, "mean_rollout"),
-                             final_samples=_setting(args, method, "final_samples"), compile=bool(args.compile),
-                             backend=args.backend, with_base=True, **common)
-    if method == "bon":
-        from fastalign.bon import bon_generate
-
-        n_total = _setting(args, method, "n") * _setting(args, method, "iterations")
-        return bon_generate(model, tokenizer, prompts, reward, n=n_total, top_p=_setting(args, method, "top_p"),
-                            kl_coef=_setting(args, method, "kl_coef"),
-                            max_new_tokens=_setting(args, method, "max_new_tokens"), compile=bool(args.compile),
-                            with_base=True, **common)
-    from fastalign.sea import sea_generate
-
-    return sea_generate(model, tokenizer, prompts, reward, chains=_setting(args, method, "n"),
-                        steps=_setting(args, method, "iterations"), lr=_setting(args, method, "lr"),
-                        kl_coef=_setting(args, method, "kl_coef"),
-                        max_new_tokens=_setting(args, method, "max_new_tokens"), backend=args.backend, **common)
+    module, name, fixed = _METHOD_FUNCTIONS[args.method]
+    generate = getattr(importlib.import_module(module), name)
+    return generate(model, tokenizer, prompts, reward, **_method_keywords(args, args.method), **fixed,
+                    progress=progress)
 
 
 def _describe(args) -> dict:
-    m = args.method
-    keys = {"aisp": ("n", "iterations", "max_new_tokens", "control_cap", "lam", "alpha", "normalize_rewards",
-                     "mean_rollout", "final_samples", "kl_coef"),
-            "bon": ("n", "iterations", "max_new_tokens", "top_p", "kl_coef"),
-            "sea": ("n", "iterations", "max_new_tokens", "lr", "kl_coef")}[m]
-    out = {k: _setting(args, m, k) for k in keys}
-    if m == "aisp":
-        if args.variance is not None:
-            out["sigma"] = math.sqrt(args.variance)
-            out["variance"] = args.variance
-        elif args.sigma is not None:
-            out["sigma"] = args.sigma
-        else:
-            out["rel_sigma"] = _setting(args, m, "rel_sigma")
-        out["control_cap"] = _control_cap(args)
-    if m == "aisp" and args.horizon is not None:
-        out["horizon"] = args.horizon
-    if args.compile:
-        out["compile"] = True
+    """The method's settings as a result shows them (its JSON ``settings``)."""
+    rank = {key: i for i, key in enumerate(_SETTINGS_ORDER)}
+    out = {}
+    for opt in sorted(ALIGN_OPTIONS, key=lambda o: rank.get(o.dest, len(rank))):  # stable: table order after
+        out.update(opt.settings(args, args.method))
     return out
 
 
@@ -724,17 +840,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"fastalign {__version__}")
     sub = p.add_subparsers(dest="command", metavar="{check,info,bench,align}", parser_class=_Parser)
+    for add in (_add_check, _add_info, _add_bench, _add_align):
+        add(sub)
+    return p
 
+
+def _add_check(sub) -> None:
     c = sub.add_parser("check", help="check every available backend against the float64 reference")
     c.add_argument("--backend", type=_backend_name, help="check only this backend")
     c.add_argument("--quick", action="store_true", help="tiny shapes only (fast; used for the Triton interpreter)")
     c.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     c.set_defaults(func=cmd_check)
 
+
+def _add_info(sub) -> None:
     i = sub.add_parser("info", help="versions, available backends and why not, cache folders")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
+
+def _add_bench(sub) -> None:
     # bench_e2e's own options come with its module (which imports torch) when `bench` is parsed
     b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)",
                        extend=lambda parser: _load_bench_module("bench_e2e").add_arguments(parser))
@@ -770,72 +895,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=_seed, default=0)
     b.set_defaults(func=cmd_bench)
 
+
+def _add_align(sub) -> None:
+    """``align``'s arguments, one per :data:`ALIGN_OPTIONS` entry."""
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
-    a.add_argument("prompt", nargs="*", help="the user prompt(s); several are aligned together in batches")
-    a.add_argument("--prompts-file", metavar="F.jsonl",
-                   help="one JSON object per line with a \"prompt\" (and optionally \"target\"); prints one JSON line each")
-    a.add_argument("--method", choices=METHODS, default="aisp")
-    a.add_argument("--target", help="description of the wanted response (embedding-similarity reward)")
-    a.add_argument("--model", help="causal LM: Hugging Face id, local directory or .gguf (default: embedded SmolLM2-135M-Instruct)")
-    a.add_argument("--reward", help="sentence-embedding model for the reward (default: embedded all-MiniLM-L6-v2)")
-    a.add_argument("-n", "--rollouts", "--n", dest="n", type=_positive_int, default=None,
-                   help="AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1). "
-                        "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)")
-    a.add_argument("--iterations", type=_positive_int, default=None, help="AISP iterations (4) / SEA steps (20)")
-    a.add_argument("--max-new-tokens", type=_positive_int, default=None, help="response length in tokens")
-    a.add_argument("--truncate-prompt", action="store_true", default=False,
-                   help="cut a prompt too long for the model's context (its tokens + --max-new-tokens) from the "
-                        "left, keeping its last tokens, instead of refusing it (exit 2); a note on stderr says so")
-    a.add_argument("--reward-model", metavar="ID_OR_DIR",
-                   help="reward from a sequence-classification model (AutoModelForSequenceClassification: local "
-                        "directory or cached hub id) scoring \"prompt\\nresponse\"; instead of --target")
-    a.add_argument("--reward-label", type=_nonneg_int, default=None,
-                   help="--reward-model: the label whose logit is the reward (needed when it has several)")
-    a.add_argument("--reward-fn", metavar="MODULE:FUNCTION",
-                   help="reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
-                        "FILE.py:FUNCTION); instead of --target")
-    noise = a.add_mutually_exclusive_group()
-    noise.add_argument("--rel-sigma", type=_positive_float, default=None,
-                       help="AISP noise std relative to the prompt's pre-logits (the default form: %s)"
-                            % ALIGN_DEFAULTS["aisp"]["rel_sigma"])
-    noise.add_argument("--sigma", type=_positive_float, default=None,
-                       help="AISP absolute noise std (the paper's form); not with --rel-sigma/--variance")
-    noise.add_argument("--variance", type=_positive_float, default=None,
-                       help="AISP absolute noise scale as a variance (std = sqrt(variance))")
-    a.add_argument("--control-cap", type=_nonneg_float, default=None,
-                   help="AISP trust region: each step's control at most this times the pre-logit norm "
-                        "(default %s; 0: no cap)" % ALIGN_DEFAULTS["aisp"]["control_cap"])
-    a.add_argument("--kl-coef", type=_nonneg_float, default=None,
-                   help="maximise reward + KL_COEF * mean log p_base(token) instead of the raw reward "
-                        "(default %s; keeps the text fluent)" % ALIGN_DEFAULTS["aisp"]["kl_coef"])
-    a.add_argument("--lam", type=_positive_float, default=None,
-                   help="AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)")
-    a.add_argument("--alpha", type=_unit_float, default=None, help="AISP alpha in [0, 1]")
-    a.add_argument("--horizon", type=_positive_int, default=None, help="AISP control horizon tau (tokens)")
-    a.add_argument("--normalize-rewards", action=argparse.BooleanOptionalAction, default=None,
-                   help="AISP: z-score each prompt's rewards before dividing by --lam (default on; "
-                        "--no-normalize-rewards: the paper's raw r / lam)")
-    a.add_argument("--mean-rollout", action="store_true", default=None,
-                   help="AISP: also decode the noise-free learned mean as a candidate (one more reward call)")
-    a.add_argument("--final-samples", type=_nonneg_int, default=None,
-                   help="AISP: also decode N rollouts around the learned mean as candidates (N more reward calls)")
-    a.add_argument("--top-p", type=_top_p, default=None, help="Best-of-N nucleus sampling mass in (0, 1] (1.0)")
-    a.add_argument("--compile", action="store_true", default=False,
-                   help="AISP/Best-of-N: compiled decode step (torch.compile; a CUDA graph on a GPU)")
-    a.add_argument("--lr", type=_positive_float, default=None, help="SEA step size")
-    a.add_argument("--batch-size", type=_positive_int, default=4, help="prompts per batch (default 4)")
-    a.add_argument("--seed", type=_seed, default=0)
-    a.add_argument("--backend", type=_backend_name, default=None, help="fused-op backend (default: auto)")
-    a.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
-    a.add_argument("--out", metavar="F.jsonl",
-                   help="write one JSON line per prompt (with its \"index\") to this file, in input order; "
-                        "resumable (rerun the same command after a crash), sharded over the ranks under torchrun")
-    a.add_argument("--device-map", choices=("auto", "balanced", "balanced_low_0", "sequential"), default=None,
-                   help="spread the policy over the GPUs (and CPU) with accelerate's big-model placement")
-    a.add_argument("--json", action="store_true", help="print one JSON object per prompt (with --out: the run's summary)")
-    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for opt in ALIGN_OPTIONS:
+        if opt.group is not None and opt.group not in groups:
+            groups[opt.group] = a.add_mutually_exclusive_group()
+        target = a if opt.group is None else groups[opt.group]
+        kwargs = dict(opt.argparse)
+        if opt.help is not None:
+            kwargs["help"] = opt.help.format(**opt.defaults) if "{" in opt.help else opt.help
+        if opt.flags[0].startswith("-"):
+            kwargs["dest"] = opt.dest
+        target.add_argument(*opt.flags, **kwargs)
     a.set_defaults(func=cmd_align)
-    return p
 
 
 def main(argv=None) -> int:

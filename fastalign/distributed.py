@@ -32,7 +32,7 @@ valid line in any part file (whatever number of ranks wrote them); a truncated o
 ignored and its prompt redone (a rank first cuts a partial last line, a write cut short by a kill,
 off its own part file). When every rank is done, rank 0 writes the first valid line of every prompt in
 input order to a temporary file beside ``results.jsonl``, fsyncs it, renames it into place and removes
-the parts folder. Progress: rank 0 shows one tqdm bar (prompts done / total, rate, ETA) fed by the
+the parts folder. Progress: rank 0 shows one bar (prompts done / total, rate, time left) fed by the
 lines that appear in the part files, and prints a summary at the end (mean reward per method, reward
 calls, wall-clock, throughput per rank).
 """
@@ -54,6 +54,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from fastalign._progress import Progress
 from fastalign.errors import InputError, InputTypeError
 
 __all__ = ["Dist", "BadPromptsFile", "init", "close", "read_prompts", "make_batches", "model_placement",
@@ -424,20 +425,15 @@ def _claim_parts(folder: Path, manifest: dict) -> str | None:
 
 # ------------------------------------------------------------------------------------- progress
 class _Progress:
-    """Rank 0's bar: prompts done / total with rate and ETA, fed by the newline-terminated lines that
-    appear in the part files (a thread polls their sizes), so every rank's progress shows without
-    any collective."""
+    """Rank 0's bar (fastalign's one reporter, :class:`fastalign._progress.Progress`: prompts done /
+    total, rate and time left), fed by the newline-terminated lines that appear in the part files (a
+    thread polls their sizes), so every rank's progress shows without any collective."""
 
     def __init__(self, folder: Path, total: int, done: int, enabled: bool):
-        from fastalign.models import require
-
-        require("tqdm", "the progress bar of fastalign.distributed")
-        from tqdm import tqdm
-
         self.folder = folder
         self.offsets = {p: _complete_length(p) for p in _part_files(folder)}
-        self.bar = tqdm(total=total, initial=done, unit="prompt", desc="fastalign align", disable=not enabled,
-                        file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        self.bar = Progress("fastalign align", total, enabled=enabled, initial=done, unit="prompt", rate=True)
+        self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fastalign-progress", daemon=True)
         if enabled:
@@ -458,9 +454,8 @@ class _Progress:
         return data.count(b"\n", 0, complete)
 
     def poll(self) -> None:
-        new = sum(self._new_lines(p) for p in _part_files(self.folder))
-        if new:
-            self.bar.update(min(new, self.bar.total - self.bar.n))
+        with self._poll_lock:  # the thread and the caller's last poll
+            self.bar.advance(sum(self._new_lines(p) for p in _part_files(self.folder)))
 
     def _loop(self) -> None:
         while not self._stop.wait(_POLL_SECONDS):
@@ -470,8 +465,8 @@ class _Progress:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if complete:
-            self.bar.update(self.bar.total - self.bar.n)
+        if complete and self.bar.total is not None and self.bar.done < self.bar.total:
+            self.bar.update(self.bar.total)
         self.bar.close()
 
 

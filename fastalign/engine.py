@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "eval_mode",
     "fork_cache",
+    "forward_kwargs",
     "head_device",
     "input_device",
     "input_embedding",
@@ -246,6 +247,35 @@ def _returned_cache(out, api: ModelInterface):
     return None
 
 
+def forward_kwargs(api: ModelInterface, *, input_ids: torch.Tensor | None = None,
+                   inputs_embeds: torch.Tensor | None = None, attention_mask=None,
+                   position_ids: torch.Tensor | None = None, cache=None, use_cache: bool | None = None,
+                   logits_to_keep: int | None = None) -> dict:
+    """The keyword arguments of one forward of the model ``api`` describes (every forward the engine,
+    the metrics and SEA run is built here, so what a model is given is decided in one place).
+
+    Exactly one of ``input_ids`` / ``inputs_embeds`` (``[N, S]`` / ``[N, S, d]``). The others are
+    passed when given (not None), except that ``position_ids`` and ``logits_to_keep`` are dropped for a
+    forward that does not take them (``api.position_ids`` / ``api.logits_to_keep``) and ``cache`` goes
+    under the forward's own cache argument (``api.cache_kwarg``). ``use_cache=None`` leaves the model's
+    default. Whether a decode step passes its mask (``api.mask_on_decode``) stays the caller's choice.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("forward_kwargs: give exactly one of input_ids and inputs_embeds")
+    kwargs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if use_cache is not None:
+        kwargs["use_cache"] = use_cache
+    if cache is not None:
+        kwargs[api.cache_kwarg] = cache
+    if position_ids is not None and api.position_ids:
+        kwargs["position_ids"] = position_ids
+    if logits_to_keep is not None and api.logits_to_keep:
+        kwargs["logits_to_keep"] = logits_to_keep
+    return kwargs
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run the block with ``model`` in eval mode (no dropout) and restore each submodule's own
@@ -296,11 +326,8 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
     mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
     if input_ids.shape[1] < 2:
         return PromptCache(input_ids, mask, None)
-    kwargs = {"input_ids": input_ids[:, :-1], "attention_mask": mask[:, :-1], "use_cache": True}
-    if api.position_ids:
-        kwargs["position_ids"] = position_ids(mask[:, :-1])
-    if api.logits_to_keep:
-        kwargs["logits_to_keep"] = 1
+    kwargs = forward_kwargs(api, input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True,
+                            position_ids=position_ids(mask[:, :-1]), logits_to_keep=1)
     with _recording_head_norm(model) as norms:
         out = model(**kwargs)
     cache = _returned_cache(out, api)
@@ -336,30 +363,37 @@ def prompt_head_norm(model, prompt_cache: PromptCache) -> torch.Tensor:
     short = mask[:, :-1].sum(dim=1) == 0  # every row when P == 1 (nothing was prefilled)
     if bool(short.any()):
         norms = torch.zeros(len(ids)) if norms is None else norms.clone()
-        api = model_interface(model)
-        kwargs = {"input_ids": ids[short][:, -1:]}
-        if api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+        kwargs = forward_kwargs(model_interface(model), input_ids=ids[short][:, -1:], logits_to_keep=1)
         with torch.no_grad(), _recording_head_norm(model) as recorded:
             model(**kwargs)
         norms[short.cpu()] = recorded[-1]
     return norms
 
 
-def fork_cache(cache, rows: int, repeats: int):
-    """A new cache whose row ``b * repeats + i`` is row ``b`` of ``cache`` (``rows`` rows; ``cache`` is left
-    unchanged, so it can be forked again). Works for every layer type of transformers' ``Cache``
-    (attention, sliding-window, state-space/linear-attention, hybrids) through ``reorder_cache``."""
+def fork_cache(cache, rows: int | torch.Tensor, repeats: int = 1):
+    """A new cache whose row ``j`` is row ``index[j]`` of ``cache``; ``cache`` is left unchanged, so it
+    can be forked again.
+
+    ``rows`` is either the number of rows of ``cache`` (an int), and then ``index`` is
+    ``arange(rows).repeat_interleave(repeats)`` (row ``b * repeats + i`` is row ``b``: every rollout of
+    prompt b), or ``index`` itself, a 1-D int64 tensor of rows of ``cache`` in any order, repeats allowed
+    (the prompt cache forked to chosen rows, e.g. SEA's chains ``rows // chains``; ``repeats`` must then
+    be 1). Works for every layer type of transformers' ``Cache`` (attention, sliding-window,
+    state-space/linear-attention, hybrids) through ``reorder_cache``; an int ``rows`` with
+    ``repeats == 1`` is a plain copy (no ``reorder_cache`` needed)."""
     if cache is None:
         return None
+    by_index = isinstance(rows, torch.Tensor)
+    if by_index and repeats != 1:
+        raise ValueError("fork_cache: an index tensor takes no repeats")
     forked = copy.deepcopy(cache)
-    if repeats == 1:
+    if repeats == 1 and not by_index:
         return forked
     reorder = getattr(forked, "reorder_cache", None)
     if not callable(reorder):
         raise InputError(f"model: its cache ({type(cache).__name__}) cannot be forked to several rollouts "
                          "(it has no reorder_cache)")
-    reorder(torch.arange(rows).repeat_interleave(repeats))
+    reorder(rows if by_index else torch.arange(rows).repeat_interleave(repeats))
     return forked
 
 
@@ -421,16 +455,11 @@ class _Running:
         if self.compiled is not None:
             return self.compiled(self.cur, self.position, mask, step)
         api = self.api
-        kwargs = {"input_ids": self.cur, "use_cache": True}
-        if api.mask_on_decode or self.cache is None:  # the first forward of an unprefilled batch takes it
-            kwargs["attention_mask"] = mask
-        if self.cache is not None:
-            kwargs[api.cache_kwarg] = self.cache
-        if api.position_ids:
-            kwargs["position_ids"] = self.position
-        if api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
+        # the first forward of an unprefilled batch (no cache yet) takes the mask whatever the model
+        use_mask = api.mask_on_decode or self.cache is None
+        out = self.model(**forward_kwargs(api, input_ids=self.cur, attention_mask=mask if use_mask else None,
+                                          cache=self.cache, use_cache=True, position_ids=self.position,
+                                          logits_to_keep=1))
         self.cache = _returned_cache(out, api)
         # the head may sit on another device than the inputs (device_map): logits come back to the inputs
         return out.logits[:, -1, :].to(device=self.mask.device, dtype=torch.float32)
@@ -489,77 +518,113 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     computes the last position only (``logits_to_keep=1``) where the model supports it.
     """
     api = model_interface(model)
-    device = input_ids.device
     if prompt_cache is None:
         prompt_cache = prefill(model, input_ids, attention_mask, api=api)
-    B, P = prompt_cache.input_ids.shape
-    N, T = B * repeats, max_new_tokens
+    N, T = prompt_cache.input_ids.shape[0] * repeats, max_new_tokens
     if compiled is not None:
-        _check_compiled(compiled, N, T, transform, compact_below)
-        if compiled.base_logprobs != bool(base_logprobs):
-            raise ValueError(f"compiled: built with base_logprobs={compiled.base_logprobs}, decode called with "
-                             f"base_logprobs={bool(base_logprobs)}")
+        _check_compiled(compiled, N, T, transform, compact_below, base_logprobs)
         compiled.start()
-    check_every = eos_check_every or (1 if device.type == "cpu" else 8)
-    eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
+    device = input_ids.device
     run = _Running(model, api, prompt_cache, repeats, T, compiled)
-    active = compiled.active.fill_(True) if compiled is not None else torch.ones(N, dtype=torch.bool, device=device)
-    lengths = torch.full((N,), T, dtype=torch.long, device=device)
-    tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
-    pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
-    all_logits = [] if return_logits else None
-    logprob = torch.zeros(N, dtype=torch.float32, device=device) if base_logprobs else None
+    rec = _Record(N, T, pad_id, eos_ids, device, compiled, return_logits, base_logprobs)
+    # with a head transform and base_logprobs the head's output stacks the perturbed and unperturbed rows
     stacked = bool(base_logprobs) and (transform is not None or (compiled is not None and compiled.transform is not None))
-    state = {"step": 0}
-
-    def head_transform(h):  # h on the head's device, which may differ from the inputs' device
-        rows = None if run.rows is None else run.rows.to(h.device)
-        z = transform(_scatter_rows(h, rows, N), state["step"], active)
-        return z if rows is None else z[rows]
-
-    hook = head_transform if transform is not None else None
+    hook = _StepTransform(transform, run, rec.active) if transform is not None else None
+    check_every = eos_check_every or (1 if device.type == "cpu" else 8)
     with perturb_head_input(model, hook, keep_input=stacked), \
             (compiled.hooked() if compiled is not None else contextlib.nullcontext()):
         for step in range(T):
-            state["step"] = step
-            out = run.logits(step)
-            base = None
-            if stacked:  # rows [0, R): the perturbed head input, [R, 2R): the unperturbed one
-                out, base = out.chunk(2, dim=0)
-            logits = _scatter_rows(out, run.rows, N)
-            if all_logits is not None:
-                all_logits.append(logits)
-            nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
-            nxt = torch.where(active, nxt, pad)
-            if logprob is not None:
-                base = logits if base is None else _scatter_rows(base, run.rows, N)
-                step_lp = base.gather(1, nxt.unsqueeze(1)).squeeze(1) - torch.logsumexp(base, dim=-1)
-                logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
-            tokens[:, step] = nxt
-            ended = active & torch.isin(nxt, eos)
-            lengths = torch.where(ended, step + 1, lengths)
-            active &= ~ended  # in place: a compiled step's transform holds this tensor
-            if (step + 1) % check_every == 0:
-                n_active = int(active.sum())
-                if n_active == 0:
-                    tokens = tokens[:, : step + 1]
-                    break
-                running = N if run.rows is None else len(run.rows)
-                if compact_below is not None and n_active <= compact_below * running:
-                    run.compact(active)
+            if hook is not None:
+                hook.step = step
+            nxt = rec.step(step, run, choose, stacked)
+            if (step + 1) % check_every == 0 and not _after_check(rec, run, step, compact_below):
+                break
             run.advance(nxt)
-    logits_t = torch.stack(all_logits, dim=1)[:, : tokens.shape[1]] if all_logits is not None else None
-    return Rollouts(tokens=tokens, lengths=lengths.clamp_max(tokens.shape[1]), finished=~active, logits=logits_t,
-                    base_logprob=logprob)
+    return rec.rollouts()
 
 
-def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below) -> None:
+class _StepTransform:
+    """``decode``'s ``transform`` as the head hook calls it: on all N rows (the running ones scattered
+    back in place, ended ones zeros) with the current decode step (set by the loop) and ``active``."""
+
+    def __init__(self, transform, run: "_Running", active: torch.Tensor):
+        self.transform, self.run, self.active, self.step = transform, run, active, 0
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:  # h on the head's device, maybe not the inputs'
+        rows = None if self.run.rows is None else self.run.rows.to(h.device)
+        z = self.transform(_scatter_rows(h, rows, self.active.shape[0]), self.step, self.active)
+        return z if rows is None else z[rows]
+
+
+class _Record:
+    """What :func:`decode` keeps of every rollout: its tokens, length, whether it is still active, the
+    logits of every step and the sum of its base log-probabilities (when asked for)."""
+
+    def __init__(self, N: int, T: int, pad_id: int, eos_ids, device, compiled, return_logits: bool,
+                 base_logprobs: bool):
+        self.N = N
+        self.eos = torch.tensor(sorted(set(int(e) for e in eos_ids)) or [-1], dtype=torch.long, device=device)
+        # in place from here on: a compiled step's transform holds this tensor
+        self.active = compiled.active.fill_(True) if compiled is not None else torch.ones(N, dtype=torch.bool,
+                                                                                          device=device)
+        self.lengths = torch.full((N,), T, dtype=torch.long, device=device)
+        self.tokens = torch.full((N, T), pad_id, dtype=torch.long, device=device)
+        self.pad = torch.full((N,), pad_id, dtype=torch.long, device=device)
+        self.all_logits = [] if return_logits else None
+        self.logprob = torch.zeros(N, dtype=torch.float32, device=device) if base_logprobs else None
+
+    def step(self, step: int, run: "_Running", choose, stacked: bool) -> torch.Tensor:
+        """Run the forward of decode step ``step``, choose and record the next tokens ``[N]``."""
+        out = run.logits(step)
+        base = None
+        if stacked:  # rows [0, R): the perturbed head input, [R, 2R): the unperturbed one
+            out, base = out.chunk(2, dim=0)
+        logits = _scatter_rows(out, run.rows, self.N)
+        if self.all_logits is not None:
+            self.all_logits.append(logits)
+        active = self.active
+        nxt = logits.argmax(dim=-1) if choose is None else choose(logits, step, active)
+        nxt = torch.where(active, nxt, self.pad)
+        if self.logprob is not None:
+            base = logits if base is None else _scatter_rows(base, run.rows, self.N)
+            step_lp = base.gather(1, nxt.unsqueeze(1)).squeeze(1) - torch.logsumexp(base, dim=-1)
+            self.logprob += torch.where(active, step_lp, torch.zeros_like(step_lp))
+        self.tokens[:, step] = nxt
+        ended = active & torch.isin(nxt, self.eos)
+        self.lengths = torch.where(ended, step + 1, self.lengths)
+        active &= ~ended  # in place (see __init__)
+        return nxt
+
+    def rollouts(self) -> Rollouts:
+        tokens = self.tokens
+        logits = torch.stack(self.all_logits, dim=1)[:, : tokens.shape[1]] if self.all_logits is not None else None
+        return Rollouts(tokens=tokens, lengths=self.lengths.clamp_max(tokens.shape[1]), finished=~self.active,
+                        logits=logits, base_logprob=self.logprob)
+
+
+def _after_check(rec: _Record, run: "_Running", step: int, compact_below: float | None) -> bool:
+    """The EOS check after ``step`` (the loop's one host sync): False when every rollout has ended (the
+    tokens are cut to the steps run); else compacts the running batch when ``compact_below`` says so."""
+    n_active = int(rec.active.sum())
+    if n_active == 0:
+        rec.tokens = rec.tokens[:, : step + 1]
+        return False
+    running = rec.N if run.rows is None else len(run.rows)
+    if compact_below is not None and n_active <= compact_below * running:
+        run.compact(rec.active)
+    return True
+
+
+def _check_compiled(compiled: "CompiledStep", N: int, T: int, transform, compact_below, base_logprobs) -> None:
     if (compiled.rows, compiled.max_new_tokens) != (N, T):
         raise ValueError(f"compiled: built for {compiled.rows} rollouts of {compiled.max_new_tokens} tokens, "
                          f"asked for {N} of {T}")
     if transform is not None or compact_below is not None:
         raise ValueError("compiled: the compiled step carries its own transform and keeps every row "
                          "(transform and compact_below must be None)")
+    if compiled.base_logprobs != bool(base_logprobs):
+        raise ValueError(f"compiled: built with base_logprobs={compiled.base_logprobs}, decode called with "
+                         f"base_logprobs={bool(base_logprobs)}")
 
 
 def _kept_batch_rows(active: torch.Tensor, rows: torch.Tensor | None, N: int) -> torch.Tensor:
@@ -698,14 +763,9 @@ class CompiledStep:
     def _prefill(self, prompt_cache: PromptCache) -> None:
         ids, mask = prompt_cache.input_ids[:, :-1], prompt_cache.attention_mask[:, :-1]
         position = position_ids(mask)
-        kwargs = {"input_ids": ids, "use_cache": True, "attention_mask": self._mask(mask, position,
-                                                                                  self.prompt_static),
-                  self.api.cache_kwarg: self.prompt_static}
-        if self.api.position_ids:
-            kwargs["position_ids"] = position
-        if self.api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        self.model(**kwargs)
+        self.model(**forward_kwargs(self.api, input_ids=ids, use_cache=True,
+                                    attention_mask=self._mask(mask, position, self.prompt_static),
+                                    cache=self.prompt_static, position_ids=position, logits_to_keep=1))
 
     def _mask(self, mask2d: torch.Tensor, position: torch.Tensor, cache):
         """The attention mask a static cache needs (what ``generate`` builds for compileable caches: a 4D
@@ -720,13 +780,8 @@ class CompiledStep:
                     position_ids=position)
 
     def _forward(self, input_ids, position_ids, attention_mask):
-        kwargs = {"input_ids": input_ids, "use_cache": True, self.api.cache_kwarg: self.cache}
-        if attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask
-        if self.api.position_ids:
-            kwargs["position_ids"] = position_ids
-        if self.api.logits_to_keep:
-            kwargs["logits_to_keep"] = 1
+        kwargs = forward_kwargs(self.api, input_ids=input_ids, use_cache=True, cache=self.cache,
+                                attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
         return self.model(**kwargs).logits[:, -1, :].float()
 
     def start(self) -> None:

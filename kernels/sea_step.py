@@ -30,13 +30,15 @@ import torch
 import triton
 import triton.language as tl
 
+from fastalign._clip import CLIP_GROUPS, NO_CLIP
+
 from ._common import (WINDOW_NUM_WARPS, cdiv, chain_tile, default_block_c, launcher, normal_window,
                       on_interpreter, sum_partials)
 
 __all__ = ["sea_norm_partial_kernel", "sea_update_kernel", "sea_norm", "sea_update", "GROUPS"]
 
-#: clip group name -> the GROUP constexpr of :func:`sea_update_kernel`
-GROUPS = {"chain": 0, "row": 1, "global": 2}
+#: clip group name -> the GROUP constexpr of :func:`sea_update_kernel` (the one table of every backend)
+GROUPS = CLIP_GROUPS
 #: elements per tile and tiles per program of the norm's first pass
 NORM_BLOCK_GPU, NORM_TILES_GPU = 1024, 8
 NORM_BLOCK_INTERPRETER, NORM_TILES_INTERPRETER = 16384, 16
@@ -86,15 +88,15 @@ def sea_update_kernel(
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if CLIP:
-        if GROUP == 0:
+        if GROUP == 1:                                   # chain (CLIP_GROUPS' codes)
             norm = tl.load(norm_ptr + b)
-        elif GROUP == 1:
+        elif GROUP == 2:                                 # row
             if ROW32:                                    # N < 2**31: int32 division (int64 is a slow call)
                 row = (f.to(tl.int32) // V.to(tl.int32)).to(tl.int64)
             else:
                 row = f // V
             norm = tl.load(norm_ptr + b * L + row, mask=mask, other=0.0)
-        else:
+        else:                                            # global
             norm = tl.load(norm_ptr)
         coef = max_norm / (norm + 1.0e-6)
         coef = tl.where(coef > 1.0, 1.0, coef)           # NaN norm -> NaN coef, inf norm -> 0 (as torch)
@@ -192,7 +194,7 @@ def sea_update(y: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, *, norm: 
         float(beta1), float(beta2), 1.0 - float(beta1), 1.0 - float(beta2),   # 1 - beta in float64, as torch.optim.Adam
         _log_beta(beta1) if adam else 0.0, _log_beta(beta2) if adam else 0.0,
         float(eps),
-        CLIP=clip, GROUP=GROUPS[group] if clip else 0, ADAM=adam, HAS_NOISE=noise_std != 0.0,
+        CLIP=clip, GROUP=GROUPS[group] if clip else NO_CLIP, ADAM=adam, HAS_NOISE=noise_std != 0.0,
         ALIGNED=N % 4 == 0, ROW32=row32, BLOCK_C=block_c, num_warps=WINDOW_NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the same rounding for every tile size (see _common)
     )

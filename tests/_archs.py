@@ -5,7 +5,8 @@ handle: plain attention, sliding-window and hybrid sliding/global attention, sof
 tied embeddings, state-space (Mamba-family) and attention+state-space hybrids. ``REJECT_ARCHS`` are
 models the engine has to reject before any work (or make work): a recurrent model that keeps its state
 in its modules (RecurrentGemma), an RNN that keeps its state outside ``Cache`` (RWKV), an
-encoder-decoder (T5) and a masked LM (BERT). See ``tests/ARCHS_REPORT.md``. ``ARCHS`` is both, in that order.
+encoder-decoder (T5) and a masked LM (BERT). What they taught the engine: docs/design.md#engine.
+``ARCHS`` is both, in that order.
 
 Every model has 2 layers and hidden size 32 (``_tiny.HIDDEN``), the vocabulary of ``_tiny.tokenizer()``
 (pad 0, eos 1) and is in eval mode. The output head is redrawn from ``N(0, 0.3^2)`` so its logits spread

@@ -754,3 +754,73 @@ def test_fuzz_bench_bad_files_exit_2_before_any_work(capsys, monkeypatch, mode, 
     reached = {"ops": "bench_ops.run started", "e2e": "bench_e2e.main_from_args started",
                "study": "bench_study.main_from_args started"}[mode]
     _check_outcome(capsys, monkeypatch, argv, bad, reached)
+
+
+# ---------------------------------------------------------------------------------- the options table
+_PINNED_SETTINGS = {  # a result's JSON "settings" with no option given, in this key order
+    "aisp": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "control_cap": 0.5, "lam": 0.5, "alpha": 0.999, '
+            '"normalize_rewards": true, "mean_rollout": false, "final_samples": 0, "kl_coef": 0.08, "rel_sigma": 0.1}',
+    "bon": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "top_p": 1.0, "kl_coef": 0.08}',
+    "sea": '{"n": 4, "iterations": 20, "max_new_tokens": 32, "lr": 0.1, "kl_coef": 0.08}',
+}
+_PINNED_KEYWORDS = {  # what each method's function is called with, besides progress (and with_base)
+    "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, kl_coef=0.08, lam=0.5,
+                 alpha=0.999, horizon=None, normalize_rewards=True, mean_rollout=False, final_samples=0,
+                 compile=False, seed=0, backend=None, truncate_prompt=False),
+    "bon": dict(n=32, max_new_tokens=48, top_p=1.0, kl_coef=0.08, compile=False, seed=0, truncate_prompt=False),
+    "sea": dict(chains=4, steps=20, max_new_tokens=32, lr=0.1, kl_coef=0.08, seed=0, backend=None,
+                truncate_prompt=False),
+}
+
+
+@pytest.mark.parametrize("method", cli.METHODS)
+def test_align_defaults_settings_and_keywords_are_pinned_per_method(method):
+    """The table (cli.ALIGN_OPTIONS) generates the same defaults, JSON settings (keys in the same order)
+    and method keywords as the hand-written code it replaced."""
+    args = cli.build_parser().parse_args(["align", "hi", "--method", method])
+    assert json.dumps(cli._describe(args)) == _PINNED_SETTINGS[method]
+    assert cli._method_keywords(args, method) == _PINNED_KEYWORDS[method]
+    assert cli.ALIGN_DEFAULTS[method] == {k: v for k, v in json.loads(_PINNED_SETTINGS[method]).items()
+                                          if k != "control_cap" or v is not None} | (
+        {"rel_sigma": 0.1} if method == "aisp" else {})
+    # the options a resumed --out run compares (every parsed option but those that do not change results)
+    assert sorted(cli._run_settings(args)) == [
+        "alpha", "backend", "batch_size", "compile", "control_cap", "device_map", "final_samples", "horizon",
+        "iterations", "kl_coef", "lam", "lr", "max_new_tokens", "mean_rollout", "method", "model", "n",
+        "normalize_rewards", "rel_sigma", "resolved", "reward", "reward_fn", "reward_label", "reward_model",
+        "seed", "sigma", "target", "top_p", "truncate_prompt", "variance"]
+
+
+def test_align_settings_of_the_special_forms():
+    parse = cli.build_parser().parse_args
+    args = parse(["align", "hi", "--variance", "0.25", "--horizon", "3", "--compile", "--control-cap", "0"])
+    shown = cli._describe(args)
+    assert list(shown)[-4:] == ["sigma", "variance", "horizon", "compile"]
+    assert shown["sigma"] == 0.5 and shown["variance"] == 0.25 and shown["control_cap"] is None
+    assert "rel_sigma" not in shown and shown["compile"] is True and shown["horizon"] == 3
+    kw = cli._method_keywords(args, "aisp")
+    assert kw["variance"] == 0.25 and "sigma" not in kw and "rel_sigma" not in kw and kw["control_cap"] is None
+    args = parse(["align", "hi", "--sigma", "0.3"])
+    assert cli._method_keywords(args, "aisp")["sigma"] == 0.3 and list(cli._describe(args))[-1] == "sigma"
+    args = parse(["align", "hi", "--method", "bon", "-n", "3", "--iterations", "5", "--top-p", "0.5"])
+    assert cli._describe(args)["n"] == 3 and cli._method_keywords(args, "bon")["n"] == 15
+    assert cli._method_keywords(args, "bon")["top_p"] == 0.5
+
+
+def test_every_align_flag_comes_from_the_table_with_its_help():
+    """One entry per option: the align parser's flags are exactly the table's, each with the entry's help
+    (a ``{method}`` field filled with that method's default)."""
+    align = cli.build_parser()._subparsers._group_actions[0].choices["align"]
+    actions = [a for a in align._actions if a.dest != "help"]
+    assert [a.dest for a in actions] == [o.dest for o in cli.ALIGN_OPTIONS]
+    for action, opt in zip(actions, cli.ALIGN_OPTIONS):
+        assert [f for f in action.option_strings if not f.startswith("--no-")] == \
+            [f for f in opt.flags if f.startswith("-")]
+        assert action.help == (opt.help.format(**opt.defaults) if opt.help else None)
+    by_dest = {a.dest: a for a in actions}
+    assert by_dest["rel_sigma"].help.endswith("(the default form: 0.1)")
+    assert "(default 0.5; 0: no cap)" in by_dest["control_cap"].help
+    assert "(default 0.08; keeps the text fluent)" in by_dest["kl_coef"].help
+    restricted = {o.dest for o in cli.ALIGN_OPTIONS if o.methods is not None and o.methods != cli.METHODS}
+    assert set(cli._METHOD_OPTIONS) == restricted
+    assert cli._METHOD_OPTIONS["compile"] == ("aisp", "bon") and cli._METHOD_OPTIONS["lr"] == ("sea",)

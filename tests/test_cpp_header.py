@@ -76,3 +76,21 @@ def test_normals_close_to_float64(stream_output, tag):
     err = (got - expected).abs().max().item()
     assert err <= 2e-6, f"max |normal - float64 reference| = {err:.3g}"
     assert got.std().item() > 0.5  # not a constant stream
+
+
+def test_the_clip_group_codes_are_one_table_in_python_and_cpp(tmp_path):
+    """fastalign/_clip.py's CLIP_GROUPS and fastalign::ClipGroup (csrc/include/fastalign/clip.h) give each
+    group the same code: g++ checks static_asserts generated from the Python table."""
+    from fastalign._clip import CLIP_GROUPS, NO_CLIP
+
+    names = {"chain": "kChain", "row": "kRow", "global": "kGlobal"}
+    assert set(CLIP_GROUPS) == set(names)
+    checks = [f"static_assert(static_cast<int>(fastalign::ClipGroup::{names[g]}) == {code}, \"{g}\");"
+              for g, code in CLIP_GROUPS.items()]
+    checks.append(f"static_assert(static_cast<int>(fastalign::ClipGroup::kNone) == {NO_CLIP}, \"none\");")
+    src = tmp_path / "clip_codes.cpp"
+    src.write_text('#include "fastalign/clip.h"\n' + "\n".join(checks) + "\nint main() { return 0; }\n")
+    build = subprocess.run([CXX, "-std=c++17", "-fsyntax-only", f"-I{csrc_dir() / 'include'}", str(src)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    assert len(set(CLIP_GROUPS.values()) | {NO_CLIP}) == 4  # distinct codes

@@ -66,6 +66,43 @@ def test_the_prompt_cache_is_not_modified_by_decoding():
     _assert_same_rollouts(first, again)
 
 
+def test_forward_kwargs_passes_only_what_the_forward_takes_under_its_own_names():
+    ids, mask, pos = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 3)
+    cache = object()
+    full = engine.ModelInterface(cache_kwarg="past_key_values", position_ids=True, logits_to_keep=True)
+    kw = engine.forward_kwargs(full, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                               use_cache=True, logits_to_keep=1)
+    assert set(kw) == {"input_ids", "attention_mask", "position_ids", "past_key_values", "use_cache",
+                       "logits_to_keep"}
+    assert kw["past_key_values"] is cache and kw["input_ids"] is ids and kw["logits_to_keep"] == 1
+    bare = engine.ModelInterface(cache_kwarg="cache_params", position_ids=False, logits_to_keep=False)
+    kw = engine.forward_kwargs(bare, inputs_embeds=pos, position_ids=pos, cache=cache, logits_to_keep=1)
+    assert kw == {"inputs_embeds": pos, "cache_params": cache}  # None and unsupported arguments left out
+    assert engine.forward_kwargs(bare, input_ids=ids, use_cache=False) == {"input_ids": ids, "use_cache": False}
+    with pytest.raises(ValueError, match="exactly one"):
+        engine.forward_kwargs(full, input_ids=ids, inputs_embeds=pos)
+    with pytest.raises(ValueError, match="exactly one"):
+        engine.forward_kwargs(full)
+
+
+def test_fork_cache_to_chosen_rows_copies_those_rows_and_leaves_the_prompt_cache_alone():
+    model = _tiny.model("llama")
+    ids, mask = _prompts()
+    pc = engine.prefill(model, ids, mask)
+    index = torch.tensor([1, 0, 1, 1])
+    forked = engine.fork_cache(pc.cache, index)
+    for src, dst in zip(pc.cache.layers, forked.layers):
+        assert src.keys.shape[0] == ids.shape[0] and dst.keys.shape[0] == 4
+        assert torch.equal(dst.keys, src.keys[index]) and torch.equal(dst.values, src.values[index])
+    by_count = engine.fork_cache(pc.cache, ids.shape[0], 2)  # the int form: row b * 2 + i is row b
+    repeated = engine.fork_cache(pc.cache, torch.arange(ids.shape[0]).repeat_interleave(2))
+    for a, b in zip(by_count.layers, repeated.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    with pytest.raises(ValueError, match="no repeats"):
+        engine.fork_cache(pc.cache, index, 2)
+    assert engine.fork_cache(None, index) is None
+
+
 def test_single_token_prompts_need_no_prefill():
     model = _tiny.model("llama")
     ids, mask = encoding.encode_prompts(_tiny.tokenizer(), ["w4", "w9"])

@@ -166,7 +166,7 @@ def test_aisp_update_never_allocates_the_noise_tensor(device, backend, with_udot
     fused = peak_memory_bytes(lambda: fa.aisp_update(u, rewards, backend=backend, **kw), torch.device(device))
     assert fused < noise_bytes / 8, f"{backend} allocated {fused} bytes; the noise tensor is {noise_bytes}"
 
-    from fastalign.backends import naive
+    from fastalign._bench import naive
 
     stored = peak_memory_bytes(
         lambda: naive.aisp_update(u, rewards, noise=naive.aisp_noise_buffer(B, n, tau, d, device), **kw),

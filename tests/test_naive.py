@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign.backends import naive
+from fastalign._bench import naive
 
 
 def _moments(x):

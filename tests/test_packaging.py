@@ -59,8 +59,13 @@ def test_wheel_contents(wheel):
                                                                 "gaussian_perturb")}
     assert any(n.startswith("fastalign/_csrc/cpu/") and n.endswith(".cpp") for n in names)
     assert any(n.startswith("fastalign/_csrc/cuda/") and n.endswith(".cu") for n in names)
-    assert {"fastalign/_bench/bench_ops.py", "fastalign/_bench/bench_e2e.py"} <= names  # fastalign bench
+    assert {"fastalign/_bench/bench_ops.py", "fastalign/_bench/bench_e2e.py", "fastalign/_bench/naive.py"} <= names
     assert "fastalign/__main__.py" in names
+    # only what users run: no pytest files, no C++ test harnesses, the eager baseline only with the benchmarks
+    assert not [n for n in names if n.rsplit("/", 1)[-1].startswith("test_")]
+    assert not [n for n in names if n.startswith("fastalign/_csrc/tests/")]
+    assert "fastalign/backends/naive.py" not in names
+    assert {n.split("/")[2] for n in names if n.startswith("fastalign/_csrc/")} == {"include", "cpu", "cuda"}
 
 
 def test_wheel_imports_outside_the_checkout(wheel, tmp_path):

@@ -23,12 +23,13 @@ void aisp_udot(const at::Tensor& u, const at::Tensor& lengths, at::Tensor& udot_
 void aisp_apply(const at::Tensor& u, const at::Tensor& weights, const at::Tensor& lengths, at::Tensor& out,
                 double sigma, const at::Tensor& seed, const at::Tensor& iteration);
 
-// L2 norm of grad [B, L, V] per "chain" ([B]), "row" ([B, L]) or "global" ([]), float32, fixed order.
-at::Tensor sea_norm(const at::Tensor& grad, const std::string& group);
+// L2 norm of grad [B, L, V] per clip group (fastalign/clip.h's code): 1 chain ([B]), 2 row ([B, L]) or
+// 3 global ([]), float32, fixed order.
+at::Tensor sea_norm(const at::Tensor& grad, int64_t group);
 
 // One SEA step (sgld or adam) with optional clipping by the norms of sea_norm.
 void sea_update(const at::Tensor& y, const at::Tensor& grad, at::Tensor& out, const std::optional<at::Tensor>& norm,
-                const std::string& group, std::optional<double> max_norm, double lr, double noise_std,
+                int64_t group, std::optional<double> max_norm, double lr, double noise_std,
                 const at::Tensor& seed, const at::Tensor& step, const std::string& optimizer,
                 const std::optional<at::Tensor>& m, const std::optional<at::Tensor>& v, double beta1, double beta2,
                 double eps);

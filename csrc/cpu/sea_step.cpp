@@ -26,13 +26,12 @@ namespace fastalign {
 namespace cpu {
 namespace {
 
-enum class Group { kChain, kRow, kGlobal };
+using Group = ClipGroup;  // fastalign/clip.h: the codes of CLIP_GROUPS in fastalign/_clip.py
 
-Group parse_group(const std::string& group) {
-  if (group == "chain") return Group::kChain;
-  if (group == "row") return Group::kRow;
-  if (group == "global") return Group::kGlobal;
-  TORCH_CHECK(false, "sea_step: clip group must be 'chain', 'row' or 'global', got '", group, "'");
+Group parse_group(int64_t group) {
+  TORCH_CHECK(group >= static_cast<int>(Group::kChain) && group <= static_cast<int>(Group::kGlobal),
+              "sea_step: clip group must be 1 (chain), 2 (row) or 3 (global), got ", group);
+  return static_cast<Group>(group);
 }
 
 template <typename scalar_t>
@@ -110,7 +109,7 @@ void update_all(const scalar_t* y, const scalar_t* grad, scalar_t* out, float* m
 
 }  // namespace
 
-at::Tensor sea_norm(const at::Tensor& grad, const std::string& group) {
+at::Tensor sea_norm(const at::Tensor& grad, int64_t group) {
   const Group g = parse_group(group);
   const int64_t B = grad.size(0), L = grad.size(1), V = grad.size(2);
   std::vector<double> sq(static_cast<size_t>(B * L));
@@ -140,7 +139,7 @@ at::Tensor sea_norm(const at::Tensor& grad, const std::string& group) {
 }
 
 void sea_update(const at::Tensor& y, const at::Tensor& grad, at::Tensor& out, const std::optional<at::Tensor>& norm,
-                const std::string& group, std::optional<double> max_norm, double lr, double noise_std,
+                int64_t group, std::optional<double> max_norm, double lr, double noise_std,
                 const at::Tensor& seed, const at::Tensor& step, const std::string& optimizer,
                 const std::optional<at::Tensor>& m, const std::optional<at::Tensor>& v, double beta1, double beta2,
                 double eps) {

@@ -11,13 +11,15 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 
+#include "fastalign/clip.h"
+
 namespace fastalign {
 namespace cuda {
 
 enum class Dtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// Clip group of sea_step (values match fastalign/backends/cuda.py).
-enum class ClipGroup : int { kNone = 0, kChain = 1, kRow = 2, kGlobal = 3 };
+// Clip group of sea_step: fastalign/clip.h (one table with fastalign/_clip.py).
+using ::fastalign::ClipGroup;
 
 // How many CTAs (partials) the first pass of a two-pass reduction uses per row: enough CTAs in total
 // to fill the GPU (4 per SM), but at least ~4 vectors of 4 elements per thread, at most 1024.

@@ -59,6 +59,87 @@ norm_finalize_kernel(const float* __restrict__ partials, float* __restrict__ nor
   }
 }
 
+// One Philox block of a chain: its 4 elements of y and grad (and Adam's m, v), at chain positions
+// k0 .. k0 + 3. `whole`: the 4 are in the chain and aligned (vector access); else each element is
+// read where 0 <= k < N and 0 elsewhere (the chain's first and last block).
+struct Block {
+  float y[4], g[4], m[4], v[4];
+};
+
+template <typename T, bool kAdam>
+__device__ __forceinline__ void load_block(const T* __restrict__ y, const T* __restrict__ grad,
+                                           const float* __restrict__ m, const float* __restrict__ v,
+                                           int64_t at, int64_t k0, int64_t N, bool whole, Block& x) {
+  if (whole) {
+    load4(y + at + k0, x.y);
+    load4(grad + at + k0, x.g);
+    if (kAdam) {
+      load4(m + at + k0, x.m);
+      load4(v + at + k0, x.v);
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t k = k0 + e;
+    const bool in = k >= 0 && k < N;
+    x.y[e] = in ? load(y + at + k) : 0.0f;
+    x.g[e] = in ? load(grad + at + k) : 0.0f;
+    if (kAdam) {
+      x.m[e] = in ? m[at + k] : 0.0f;
+      x.v[e] = in ? v[at + k] : 0.0f;
+    }
+  }
+}
+
+template <typename T, bool kAdam>
+__device__ __forceinline__ void store_block(T* __restrict__ out, float* __restrict__ m, float* __restrict__ v,
+                                            int64_t at, int64_t k0, int64_t N, bool whole, const Block& x) {
+  if (whole) {
+    store4(out + at + k0, x.y);
+    if (kAdam) {
+      store4(m + at + k0, x.m);
+      store4(v + at + k0, x.v);
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t k = k0 + e;
+    if (k < 0 || k >= N) continue;
+    store(out + at + k, x.y[e]);
+    if (kAdam) {
+      m[at + k] = x.m[e];
+      v[at + k] = x.v[e];
+    }
+  }
+}
+
+// The clipped gradient, the optimizer step and the noise on the block's 4 elements (in x.y, and for
+// Adam x.m, x.v). coef: the chain's / the whole tensor's clip coefficient; row clipping reads the
+// norm of each element's row l = k / V of chain b instead.
+template <bool kAdam>
+__device__ __forceinline__ void update_block(Block& x, const float (&xi)[4], ClipGroup group, float coef,
+                                             const float* __restrict__ norm, float max_norm, int64_t b,
+                                             int64_t L, int64_t V, int64_t k0, int64_t N, float lr,
+                                             float noise_std, const AdamCoefs& coefs) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    float c = coef;
+    if (group == ClipGroup::kRow) {
+      const int64_t k = k0 + e;
+      const int64_t l = (k >= 0 && k < N) ? k / V : 0;
+      c = clip_coef(norm[b * L + l], max_norm);
+    }
+    const float g = group == ClipGroup::kNone ? x.g[e] : x.g[e] * c;
+    if (kAdam) {
+      x.y[e] = adam_update(x.y[e], g, &x.m[e], &x.v[e], coefs, noise_std, xi[e]);
+    } else {
+      x.y[e] = sgld_update(x.y[e], g, lr, noise_std, xi[e]);
+    }
+  }
+}
+
 // grid (ceil(max_blocks / kThreads), min(B, 65535)).
 template <typename T, bool kAdam>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
@@ -92,60 +173,10 @@ sea_update_kernel(const T* __restrict__ y, const T* __restrict__ grad, T* __rest
       if (with_noise) randn4(s, first + q, xi);
       const int64_t k0 = 4 * (first + q) - base;  // position in the chain of the block's first element
       const bool whole = vec;                      // N % 4 == 0: the block is 4 aligned elements
-      float yv[4], gv[4], mv[4], vv[4];
-      if (whole) {
-        load4(y + offset + k0, yv);
-        load4(grad + offset + k0, gv);
-        if (kAdam) {
-          load4(m + offset + k0, mv);
-          load4(v + offset + k0, vv);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t k = k0 + e;
-          const bool in = k >= 0 && k < N;
-          yv[e] = in ? load(y + offset + k) : 0.0f;
-          gv[e] = in ? load(grad + offset + k) : 0.0f;
-          if (kAdam) {
-            mv[e] = in ? m[offset + k] : 0.0f;
-            vv[e] = in ? v[offset + k] : 0.0f;
-          }
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float c = coef;
-        if (group_kind == ClipGroup::kRow) {
-          const int64_t k = k0 + e;
-          const int64_t l = (k >= 0 && k < N) ? k / V : 0;
-          c = clip_coef(norm[b * L + l], max_norm);
-        }
-        const float g = group_kind == ClipGroup::kNone ? gv[e] : gv[e] * c;
-        if (kAdam) {
-          yv[e] = adam_update(yv[e], g, &mv[e], &vv[e], coefs_shared, noise_std, xi[e]);
-        } else {
-          yv[e] = sgld_update(yv[e], g, lr, noise_std, xi[e]);
-        }
-      }
-      if (whole) {
-        store4(out + offset + k0, yv);
-        if (kAdam) {
-          store4(m + offset + k0, mv);
-          store4(v + offset + k0, vv);
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t k = k0 + e;
-          if (k < 0 || k >= N) continue;
-          store(out + offset + k, yv[e]);
-          if (kAdam) {
-            m[offset + k] = mv[e];
-            v[offset + k] = vv[e];
-          }
-        }
-      }
+      Block x;
+      load_block<T, kAdam>(y, grad, m, v, offset, k0, N, whole, x);
+      update_block<kAdam>(x, xi, group_kind, coef, norm, max_norm, b, L, V, k0, N, lr, noise_std, coefs_shared);
+      store_block<T, kAdam>(out, m, v, offset, k0, N, whole, x);
     }
   }
 }

@@ -16,6 +16,8 @@ from types import ModuleType
 
 import torch
 
+from fastalign._clip import clip_code
+
 __all__ = [
     "is_available",
     "extension",
@@ -115,14 +117,14 @@ def aisp_apply(u, weights, lengths, out, *, sigma, seed, iteration) -> None:
 
 def sea_norm(grad, *, group) -> torch.Tensor:
     """float32 L2 norms of grad ``[B, L, V]`` per chain ``[B]``, row ``[B, L]`` or ``[]`` (global)."""
-    return extension().sea_norm(grad, group)
+    return extension().sea_norm(grad, clip_code(group))
 
 
 def sea_update(y, grad, out, *, norm, group, max_norm, lr, noise_std, seed, step, optimizer, m, v, beta1, beta2,
                eps) -> None:
     """One sgld/adam step on y ``[B, L, V]`` with the clip coefficient from ``norm``; m, v in place."""
     extension().sea_update(
-        y, grad, out, norm, group or "chain", None if max_norm is None else float(max_norm), float(lr),
+        y, grad, out, norm, clip_code(group or "chain"), None if max_norm is None else float(max_norm), float(lr),
         float(noise_std),
         seed, step, optimizer, m, v, float(beta1), float(beta2), float(eps),
     )

@@ -19,6 +19,8 @@ from types import ModuleType
 
 import torch
 
+from fastalign._clip import NO_CLIP, clip_code
+
 __all__ = ["is_available", "load_extension", "aisp_perturb", "aisp_udot", "aisp_apply", "sea_norm",
            "sea_update", "gaussian_perturb"]
 
@@ -33,9 +35,6 @@ _SOURCES = (
 # backends to ~1e-6.
 _CUDA_CFLAGS = ("-O3", "-std=c++17")
 _CFLAGS = ("-O3", "-std=c++17")
-
-# Clip groups as csrc/cuda/launchers.h numbers them (ClipGroup).
-_GROUP = {None: 0, "chain": 1, "row": 2, "global": 3}
 
 _LOCK = threading.Lock()
 _EXT: ModuleType | None = None
@@ -98,9 +97,9 @@ def aisp_apply(u, weights, lengths, out, *, sigma, seed, iteration) -> None:
 
 def sea_norm(grad, *, group) -> torch.Tensor:
     """Float32 L2 norms of ``grad [B, L, V]``: ``[B]`` (chain), ``[B, L]`` (row) or ``[]`` (global)."""
-    if group not in ("chain", "row", "global"):
-        raise ValueError(f"clip: expected 'chain', 'row' or 'global', got {group!r}")
-    return load_extension().sea_norm(grad, _GROUP[group])
+    if group is None:
+        raise ValueError("clip: sea_norm needs a clip group, got None")
+    return load_extension().sea_norm(grad, clip_code(group))
 
 
 def sea_update(y, grad, out, *, norm, group, max_norm, lr, noise_std, seed, step, optimizer, m, v, beta1, beta2,
@@ -109,11 +108,11 @@ def sea_update(y, grad, out, *, norm, group, max_norm, lr, noise_std, seed, step
     if optimizer not in ("sgld", "adam"):
         raise ValueError(f"optimizer: expected 'sgld' or 'adam', got {optimizer!r}")
     clipping = max_norm is not None
-    if clipping and group not in ("chain", "row", "global"):
-        raise ValueError(f"clip: expected 'chain', 'row' or 'global' with max_norm, got {group!r}")
+    if clipping and group is None:
+        raise ValueError("clip: a clip group is needed with max_norm, got None")
     adam = optimizer == "adam"
     load_extension().sea_update(
-        y, grad, out, norm if clipping else None, _GROUP[group] if clipping else 0,
+        y, grad, out, norm if clipping else None, clip_code(group) if clipping else NO_CLIP,
         float(max_norm) if clipping else 0.0, float(lr), float(noise_std), seed, step,
         m if adam else None, v if adam else None, float(beta1), float(beta2), float(eps))
 

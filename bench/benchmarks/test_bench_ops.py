@@ -1,5 +1,5 @@
 """pytest-benchmark suite over the ops and providers of ``bench_ops`` (kept out of the default test run,
-which collects only ``tests/``).
+which collects only ``tests/``; a folder of its own, not a package, so the wheel leaves it out).
 
     pytest bench/ --benchmark-only                         # issue-4 shapes, current thread count
     FASTALIGN_BENCH_QUICK=1 pytest bench/ --benchmark-only # tiny shapes (smoke test)
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for bench_ops
 pytest.importorskip("pytest_benchmark")
 
 import torch  # noqa: E402
