@@ -49,7 +49,6 @@ if every chain of a prompt fails, :class:`FloatingPointError` is raised.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -437,17 +436,6 @@ class BaseLM:
         self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rows_run = 0
 
-    def _fork(self, rows: torch.Tensor):
-        if self.cache is None:
-            return None
-        forked = copy.deepcopy(self.cache)
-        reorder = getattr(forked, "reorder_cache", None)
-        if not callable(reorder):
-            raise InputError(f"model: its cache ({type(self.cache).__name__}) cannot be forked to SEA's chains "
-                             "(it has no reorder_cache)")
-        reorder((rows // self.chains).to(self.mask.device))
-        return forked
-
     def logits(self, q: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[n, L, V]`` along soft tokens ``q [n, L, V]`` of the chains ``rows`` (default: all)."""
         emb = (q.to(device=self.E.device, dtype=self.E.dtype) @ self.E) * self.scale
@@ -456,13 +444,11 @@ class BaseLM:
     def _forward(self, emb: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         rows = torch.arange(emb.shape[0]) if rows is None else rows.cpu()
         r = rows.to(self.mask.device)
-        kwargs = {"inputs_embeds": torch.cat([self.last[r], emb.to(self.last.device)], dim=1),
-                  "attention_mask": self.mask[r], "use_cache": self.cache is not None}
-        cache = self._fork(rows)
-        if cache is not None:
-            kwargs[self.api.cache_kwarg] = cache
-        if self.api.position_ids:
-            kwargs["position_ids"] = self.position_ids[r]
+        kwargs = engine.forward_kwargs(
+            self.api, inputs_embeds=torch.cat([self.last[r], emb.to(self.last.device)], dim=1),
+            attention_mask=self.mask[r], use_cache=self.cache is not None,
+            cache=engine.fork_cache(self.cache, (rows // self.chains).to(self.mask.device)),
+            position_ids=self.position_ids[r])
         self.rows_run += len(rows)
         L = emb.shape[1]
         return self.model(**kwargs).logits[:, :L].to(device=self.device, dtype=torch.float32)
