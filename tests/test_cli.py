@@ -761,14 +761,14 @@ _PINNED_SETTINGS = {  # a result's JSON "settings" with no option given, in this
     "aisp": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "control_cap": 0.5, "lam": 0.5, "alpha": 0.999, '
             '"normalize_rewards": true, "mean_rollout": false, "final_samples": 0, "kl_coef": 0.08, "rel_sigma": 0.1}',
     "bon": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "top_p": 1.0, "kl_coef": 0.08}',
-    "sea": '{"n": 4, "iterations": 20, "max_new_tokens": 32, "lr": 0.1, "kl_coef": 0.08}',
+    "sea": '{"n": 4, "iterations": 20, "max_new_tokens": 32, "kl_coef": 0.08, "preset": "fastalign"}',
 }
 _PINNED_KEYWORDS = {  # what each method's function is called with, besides progress (and with_base)
     "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, kl_coef=0.08, lam=0.5,
                  alpha=0.999, horizon=None, normalize_rewards=True, mean_rollout=False, final_samples=0,
                  compile=False, seed=0, backend=None, truncate_prompt=False),
     "bon": dict(n=32, max_new_tokens=48, top_p=1.0, kl_coef=0.08, compile=False, seed=0, truncate_prompt=False),
-    "sea": dict(chains=4, steps=20, max_new_tokens=32, lr=0.1, kl_coef=0.08, seed=0, backend=None,
+    "sea": dict(chains=4, steps=20, max_new_tokens=32, kl_coef=0.08, preset="fastalign", seed=0, backend=None,
                 truncate_prompt=False),
 }
 
@@ -787,8 +787,8 @@ def test_align_defaults_settings_and_keywords_are_pinned_per_method(method):
     assert sorted(cli._run_settings(args)) == [
         "alpha", "backend", "batch_size", "compile", "control_cap", "device_map", "final_samples", "horizon",
         "iterations", "kl_coef", "lam", "lr", "max_new_tokens", "mean_rollout", "method", "model", "n",
-        "normalize_rewards", "rel_sigma", "resolved", "reward", "reward_fn", "reward_label", "reward_model",
-        "seed", "sigma", "target", "top_p", "truncate_prompt", "variance"]
+        "normalize_rewards", "preset", "rel_sigma", "resolved", "reward", "reward_fn", "reward_label",
+        "reward_model", "seed", "sigma", "target", "top_p", "truncate_prompt", "variance"]
 
 
 def test_align_settings_of_the_special_forms():
@@ -824,3 +824,13 @@ def test_every_align_flag_comes_from_the_table_with_its_help():
     restricted = {o.dest for o in cli.ALIGN_OPTIONS if o.methods is not None and o.methods != cli.METHODS}
     assert set(cli._METHOD_OPTIONS) == restricted
     assert cli._METHOD_OPTIONS["compile"] == ("aisp", "bon") and cli._METHOD_OPTIONS["lr"] == ("sea",)
+
+
+def test_sea_preset_flag_reaches_sea_generate_and_lr_only_when_given():
+    args = cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "authors"])
+    kw = cli._method_keywords(args, "sea")
+    assert kw["preset"] == "authors" and "lr" not in kw  # the preset's lr (0.01), not a CLI default
+    args = cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "authors", "--lr", "0.02"])
+    assert cli._method_keywords(args, "sea")["lr"] == 0.02 and cli._describe(args)["lr"] == 0.02
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "paper"])
