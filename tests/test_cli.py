@@ -832,5 +832,5 @@ def test_sea_preset_flag_reaches_sea_generate_and_lr_only_when_given():
     assert kw["preset"] == "authors" and "lr" not in kw  # the preset's lr (0.01), not a CLI default
     args = cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "authors", "--lr", "0.02"])
     assert cli._method_keywords(args, "sea")["lr"] == 0.02 and cli._describe(args)["lr"] == 0.02
-    with pytest.raises(SystemExit):
+    with pytest.raises(cli.UsageError, match="--preset"):
         cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "paper"])
