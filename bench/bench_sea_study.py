@@ -38,6 +38,10 @@ SETTINGS = {
     "best iterate every 5 + reverse fluency": dict(steps=40, flu_form="reverse"),
     "best iterate every 5, 20 steps": dict(steps=20),
     "authors' preset, 40 steps": dict(preset="authors", steps=40),
+    # the check on held-out prompts: the new defaults as `fastalign align --method sea` runs them
+    "fastalign align defaults (20 steps, kl 0.08)": dict(steps=20, kl_coef=0.08),
+    "fastalign align before (final point, 20 steps, kl 0.08)": dict(select="final", eval_every=None, steps=20,
+                                                                   kl_coef=0.08),
 }
 
 
@@ -97,8 +101,10 @@ def main(argv=None) -> int:
     calls |= {int(x) for x in args.bon_n.split(",") if x.strip()}
     for n in sorted(calls) if not args.no_bon else ():
         res = bon_generate(model, tok, prompts, reward, n=n, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           progress=False)
-        emit(summarize(f"bon t=1 n={n}", res, {"reward_calls": res[0].reward_calls}))
+                           progress=False, with_base=True)
+        emit(summarize(f"bon t=1 n={n}", res, {"reward_calls": res[0].reward_calls,
+                                               "greedy_reward": statistics.fmean(r.base_reward for r in res),
+                                               "greedy": [r.base_reward for r in res]}))
     return 0
 
 

@@ -55,7 +55,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fastalign import _common, encoding, engine, ops, sampling
 from fastalign.errors import InputError
@@ -119,7 +118,7 @@ UNSET = _Unset()
 #: fastalign's SEA: the settings ``preset="fastalign"`` (the default) stands for; each chosen by the rule
 #: of bench/RESULTS.md *SEA as its authors run it (issue 22)* unless a comment says otherwise.
 FASTALIGN = dict(
-    chains=4, steps=40, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
+    chains=4, steps=20, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
     clip="chain", init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
     fluency="detached", flu_form="forward", flu_topk=None, flu_weight=1.0, reward_weight=50.0,
     reward_input="tokens", reward_temp=0.1, lm_input="argmax", decoding="lm_topk", decode_topk=5,
@@ -397,15 +396,31 @@ def initial_samples(model, encoded: _common.EncodedPrompts, seeds: torch.Tensor,
 # ------------------------------------------------------------------------------------------------
 # phase 2: the energy and its gradient
 # ------------------------------------------------------------------------------------------------
+class _StraightThrough(torch.autograd.Function):
+    """Forward ``one_hot(argmax y)``; backward the softmax's vector-Jacobian product
+    ``q * (g - sum(g * q)) / temp`` with ``q = softmax(y / temp)``, computed from ``y`` in the backward
+    (no ``[N, L, V]`` softmax kept from the forward, no int64 one-hot, no ``hard + q - q.detach()``)."""
+
+    @staticmethod
+    def forward(ctx, y, temp):
+        ctx.save_for_backward(y)
+        ctx.temp = temp
+        return torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        q = torch.softmax(y / ctx.temp, dim=-1)
+        return q * (g - (g * q).sum(-1, keepdim=True)) / ctx.temp, None
+
+
 def soft_tokens(y: torch.Tensor, mode: str, temp: float = 1.0) -> torch.Tensor:
     """Soft tokens ``q [N, L, V]`` of logits ``y [N, L, V]``: ``softmax(y / temp)`` (``"soft"``), or
     straight-through (``"straight_through"``): the value is exactly ``one_hot(argmax y)``, the gradient
     that of the softmax."""
-    q = torch.softmax(y / temp, dim=-1)
     if mode == "soft":
-        return q
-    hard = F.one_hot(y.argmax(-1), y.shape[-1]).to(q.dtype)
-    return hard + (q - q.detach())
+        return torch.softmax(y / temp, dim=-1)
+    return _StraightThrough.apply(y, temp)
 
 
 class BaseLM:
