@@ -37,6 +37,8 @@ SETTINGS = {
     "best iterate every 5 + soft reward input": dict(steps=40, reward_input="soft"),
     "best iterate every 5 + reverse fluency": dict(steps=40, flu_form="reverse"),
     "best iterate every 5, 20 steps": dict(steps=20),
+    "best iterate every 5, 10 steps": dict(steps=10),
+    "best iterate every 10, 20 steps": dict(steps=20, eval_every=10),
     "authors' preset, 40 steps": dict(preset="authors", steps=40),
     # the check on held-out prompts: the new defaults as `fastalign align --method sea` runs them
     "fastalign align defaults (20 steps, kl 0.08)": dict(steps=20, kl_coef=0.08),
