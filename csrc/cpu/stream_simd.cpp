@@ -2,14 +2,17 @@
 // Registers per vector on each path: independent dependency chains interleaved (simd_regs.h). Tuned
 // with csrc/tests/bench_stream.cpp on a shared 2-core Xeon with AVX-512 (bench/RESULTS.md); rebuild
 // with -DFA_REGS_AVX2=N etc. to re-tune on another CPU. The AVX2 path has two settings: with
-// AVX-512VL available to the compiler (32 registers: the wide Philox below) and without it (16
-// registers, 32-bit-lane rounds) both 4 (3 before); AVX-512: 3 since the wide Philox (4 before:
-// 1.47 vs 1.52e9 normals/s at 4 and 3, alternating runs).
+// AVX-512VL available to the compiler (32 registers: the wide Philox below) 4, else 3; AVX-512: 3
+// since the wide Philox (4 before: 1.47 vs 1.52e9 normals/s at 4 and 3, alternating runs).
 #ifndef FA_REGS_PORTABLE
 #define FA_REGS_PORTABLE 4
 #endif
 #ifndef FA_REGS_AVX2
+#if defined(__AVX512VL__)
 #define FA_REGS_AVX2 4
+#else
+#define FA_REGS_AVX2 3
+#endif
 #endif
 #ifndef FA_REGS_AVX512
 #define FA_REGS_AVX512 3
@@ -125,14 +128,10 @@ static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
   const __m256i va = _mm256_set1_epi32(static_cast<int>(a));
   for (int k = 0; k < kRegs; ++k) {
     const __m256i in = (__m256i)x.p[k];
-    // The odd lanes and the hi words are moved with vpshufd rather than 64-bit shifts: on Intel the
-    // shifts share their two ports with the multiplies and the polynomials' FMAs, the shuffle port is
-    // less busy (AOT flags on the Xeon, with 4 registers: 0.762 -> 0.789e9 normals/s stream+perturb;
-    // bench/RESULTS.md). Not measured on AMD, where shifts and shuffles share pipes.
-    const __m256i even = _mm256_mul_epu32(in, va);                              // lanes 0, 2, 4, 6
-    const __m256i odd = _mm256_mul_epu32(_mm256_shuffle_epi32(in, 0xF5), va);  // lanes 1, 3, 5, 7
-    hi->p[k] = (nu)_mm256_blend_epi32(_mm256_shuffle_epi32(even, 0xF5), odd, 0xAA);
-    lo->p[k] = (nu)_mm256_blend_epi32(even, _mm256_shuffle_epi32(odd, 0xA0), 0xAA);
+    const __m256i even = _mm256_mul_epu32(in, va);                        // lanes 0, 2, 4, 6
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(in, 32), va);  // lanes 1, 3, 5, 7
+    hi->p[k] = (nu)_mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    lo->p[k] = (nu)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
   }
 }
 
