@@ -1,15 +1,21 @@
 // csrc/cpu/stream_simd.cpp — run-time dispatched stream generator (see stream_simd.h).
 // Registers per vector on each path: independent dependency chains interleaved (simd_regs.h). Tuned
 // with csrc/tests/bench_stream.cpp on a shared 2-core Xeon with AVX-512 (bench/RESULTS.md); rebuild
-// with -DFA_REGS_AVX2=N etc. to re-tune on another CPU.
+// with -DFA_REGS_AVX2=N etc. to re-tune on another CPU. The AVX2 path has two settings: with
+// AVX-512VL available to the compiler (32 registers: the wide Philox below) 4, else 3; AVX-512: 3
+// since the wide Philox (4 before: 1.47 vs 1.52e9 normals/s at 4 and 3, alternating runs).
 #ifndef FA_REGS_PORTABLE
 #define FA_REGS_PORTABLE 4
 #endif
 #ifndef FA_REGS_AVX2
+#if defined(__AVX512VL__)
+#define FA_REGS_AVX2 4
+#else
 #define FA_REGS_AVX2 3
 #endif
+#endif
 #ifndef FA_REGS_AVX512
-#define FA_REGS_AVX512 4
+#define FA_REGS_AVX512 3
 #endif
 #include "stream_simd.h"
 
@@ -156,7 +162,23 @@ static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
     store4_interleaved8(out + 32 * k, (__m256)a.p[k], (__m256)b.p[k], (__m256)c.p[k], (__m256)d.p[k]);
 }
 
+// Wide Philox (stream_simd_impl.h) only where the compiler may use AVX-512VL on 256-bit vectors (a
+// -march=native build on an AVX-512 CPU, forced to this path): it needs the 32 vector registers and
+// the three-way XOR (vpternlogd). With AVX2's 16 registers it spills and loses to the 32-bit-lane
+// rounds (measured on this path with the ahead-of-time flags; bench/RESULTS.md).
+#if defined(__AVX512VL__)
+#define FA_PHILOX_WIDE 1
+typedef uint64_t nw __attribute__((vector_size(32)));
+static inline nw mul_even(nw x, nw a) { return (nw)_mm256_mul_epu32((__m256i)x, (__m256i)a); }
+static inline nw hi_to_lo(nw p) { return (nw)_mm256_srli_epi64((__m256i)p, 32); }
+static inline nu join_even_odd(nw e, nw o) {
+  return (nu)_mm256_blend_epi32((__m256i)e, _mm256_slli_epi64((__m256i)o, 32), 0xAA);
+}
+#endif
 #include "stream_simd_impl.h"
+#ifdef FA_PHILOX_WIDE
+#undef FA_PHILOX_WIDE
+#endif
 
 }  // namespace avx2
 #pragma GCC pop_options
@@ -216,7 +238,16 @@ static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
     store4_interleaved16(out + 64 * k, (__m512)a.p[k], (__m512)b.p[k], (__m512)c.p[k], (__m512)d.p[k]);
 }
 
+// Wide Philox (stream_simd_impl.h): 64-bit lanes, the counter word in the low half.
+#define FA_PHILOX_WIDE 1
+typedef uint64_t nw __attribute__((vector_size(64)));
+static inline nw mul_even(nw x, nw a) { return (nw)_mm512_mul_epu32((__m512i)x, (__m512i)a); }
+static inline nw hi_to_lo(nw p) { return (nw)_mm512_srli_epi64((__m512i)p, 32); }
+static inline nu join_even_odd(nw e, nw o) {
+  return (nu)_mm512_mask_blend_epi32(0xAAAA, (__m512i)e, _mm512_slli_epi64((__m512i)o, 32));
+}
 #include "stream_simd_impl.h"
+#undef FA_PHILOX_WIDE
 
 }  // namespace avx512
 #pragma GCC pop_options

@@ -40,6 +40,48 @@ static void box_muller_parts(const float* u, int64_t n, float* r, float* c, floa
   }
 }
 
+#if defined(FA_PHILOX_WIDE)
+// The same Philox4x32-10 on 64-bit lanes (x86 paths; the namespace defines nw, a vector of uint64 of
+// one register, mul_even(x, a) = the 64-bit products of the low halves, hi_to_lo(p) = p >> 32 and
+// join_even_odd(e, o): the low halves of e in the even 32-bit lanes and those of o in the odd ones).
+// Each 64-bit lane holds one block's counter word in its low half (the high half is never read:
+// pmuludq ignores it and join drops it), so a product needs no shuffle or blend to split it: its low
+// half is the lo word and one shift gives the hi word. Two wide registers (even and odd blocks) make
+// one 32-bit-lane register of kRegLanes consecutive blocks, joined once after the ten rounds; the
+// 32-bit-lane version (mulhilo) spends 2 shifts and 2 blends per multiply on splitting and merging.
+static inline __attribute__((always_inline)) void vphilox(uint64_t block, const vu* round_keys, vu* w0, vu* w1, vu* w2, vu* w3) {
+  constexpr int kW = 2 * kRegs;                       // wide registers per word
+  constexpr int kWLanes = kRegLanes / 2;              // 64-bit lanes per register
+  nw c0[kW], c1[kW], c2[kW], c3[kW];
+  for (int j = 0; j < kW; ++j) {
+    nw idx;  // register j: blocks k*kRegLanes + parity + 2*i, k = j/2, parity = j%2
+    for (int i = 0; i < kWLanes; ++i) idx[i] = static_cast<uint64_t>((j >> 1) * kRegLanes + (j & 1) + 2 * i);
+    const nw c = idx + block;  // the full 64-bit counter: lo word in the low half, hi word above
+    c0[j] = c;
+    c1[j] = c >> 32;
+    c2[j] = nw{} + 0;
+    c3[j] = nw{} + 0;
+  }
+  const nw ma = nw{} + static_cast<uint64_t>(::fastalign::kPhiloxRoundA);
+  const nw mb = nw{} + static_cast<uint64_t>(::fastalign::kPhiloxRoundB);
+  for (int r = 0; r < 10; ++r) {
+    const nw k0 = (nw)round_keys[2 * r].p[0], k1 = (nw)round_keys[2 * r + 1].p[0];
+    for (int j = 0; j < kW; ++j) {
+      const nw p0 = mul_even(c0[j], ma), p2 = mul_even(c2[j], mb);
+      c0[j] = hi_to_lo(p2) ^ c1[j] ^ k0;
+      c1[j] = p2;
+      c2[j] = hi_to_lo(p0) ^ c3[j] ^ k1;
+      c3[j] = p0;
+    }
+  }
+  for (int k = 0; k < kRegs; ++k) {
+    w0->p[k] = join_even_odd(c0[2 * k], c0[2 * k + 1]);
+    w1->p[k] = join_even_odd(c1[2 * k], c1[2 * k + 1]);
+    w2->p[k] = join_even_odd(c2[2 * k], c2[2 * k + 1]);
+    w3->p[k] = join_even_odd(c3[2 * k], c3[2 * k + 1]);
+  }
+}
+#else
 // Philox4x32-10 of kLanes consecutive blocks starting at `block` (a 64-bit counter; the low word
 // may wrap inside the vector, the carry goes to the high word). round_keys[2r], [2r+1]: the key of
 // round r, broadcast (the key schedule is the same for every block of a seed: computed once).
@@ -62,6 +104,7 @@ static inline __attribute__((always_inline)) void vphilox(uint64_t block, const 
   *w2 = c2;
   *w3 = c3;
 }
+#endif  // FA_PHILOX_WIDE
 
 // Normals (words == nullptr) or words (normals == nullptr) of blocks [first_block, first_block + nblocks).
 static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* normals, uint32_t* words) {
