@@ -118,7 +118,7 @@ UNSET = _Unset()
 #: fastalign's SEA: the settings ``preset="fastalign"`` (the default) stands for; each chosen by the rule
 #: of bench/RESULTS.md *SEA as its authors run it (issue 22)* unless a comment says otherwise.
 FASTALIGN = dict(
-    chains=4, steps=20, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
+    chains=4, steps=10, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
     clip="chain", init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
     fluency="detached", flu_form="forward", flu_topk=None, flu_weight=1.0, reward_weight=50.0,
     reward_input="tokens", reward_temp=0.1, lm_input="argmax", decoding="lm_topk", decode_topk=5,

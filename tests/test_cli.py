@@ -761,14 +761,14 @@ _PINNED_SETTINGS = {  # a result's JSON "settings" with no option given, in this
     "aisp": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "control_cap": 0.5, "lam": 0.5, "alpha": 0.999, '
             '"normalize_rewards": true, "mean_rollout": false, "final_samples": 0, "kl_coef": 0.08, "rel_sigma": 0.1}',
     "bon": '{"n": 8, "iterations": 4, "max_new_tokens": 48, "top_p": 1.0, "kl_coef": 0.08}',
-    "sea": '{"n": 4, "iterations": 20, "max_new_tokens": 32, "kl_coef": 0.08, "preset": "fastalign"}',
+    "sea": '{"n": 4, "iterations": 10, "max_new_tokens": 32, "kl_coef": 0.08, "preset": "fastalign"}',
 }
 _PINNED_KEYWORDS = {  # what each method's function is called with, besides progress (and with_base)
     "aisp": dict(n=8, iterations=4, max_new_tokens=48, rel_sigma=0.1, control_cap=0.5, kl_coef=0.08, lam=0.5,
                  alpha=0.999, horizon=None, normalize_rewards=True, mean_rollout=False, final_samples=0,
                  compile=False, seed=0, backend=None, truncate_prompt=False),
     "bon": dict(n=32, max_new_tokens=48, top_p=1.0, kl_coef=0.08, compile=False, seed=0, truncate_prompt=False),
-    "sea": dict(chains=4, steps=20, max_new_tokens=32, kl_coef=0.08, preset="fastalign", seed=0, backend=None,
+    "sea": dict(chains=4, steps=10, max_new_tokens=32, kl_coef=0.08, preset="fastalign", seed=0, backend=None,
                 truncate_prompt=False),
 }
 
