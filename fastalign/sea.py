@@ -309,8 +309,9 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
             given the decoded prefix, the one ``y`` ranks highest; both presets) or ``"argmax"``.
         decode_topk: k of ``"lm_topk"`` (fastalign: 5; authors: 10).
         select: ``"best"``: every ``eval_every`` steps each chain's point is decoded and scored and
-            each chain keeps its best iterate, its initial sample included, so no chain ends below its
-            start; the best chain answers (both presets). ``"final"``: the best of the chains' final
+            each chain keeps its best iterate among those scoring at least the prompt's best initial
+            sample (the starts included), so no answer scores below the best start, with ``kl_coef``
+            too; the best chain answers (both presets). ``"final"``: the best of the chains' final
             points (the former behaviour).
         eval_every: steps between evaluations (1; with ``"final"`` None evaluates the end only). The
             LM-top-k decoding of an evaluation is a parallel fixed-point iteration that re-runs the LM
@@ -336,7 +337,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
         ``energy``, ``soft_reward``, ``fluency`` (mean over finite chains per step, at the evaluation
         point), ``grad_norm`` (per step, one value per chain: its clip-group norm, the largest row norm
         for ``clip="row"``, the global norm for ``clip="global"``), ``best_step`` (per chain, the
-        evaluation its answer comes from; -1: its initial sample), ``start_reward`` (per chain),
+        evaluation its best iterate comes from; -1: its initial sample; -2: none reached the prompt's best
+        start), ``start_reward`` (per chain),
         ``steps_run`` (fewer than ``steps`` after an early stop), ``failed_chains``, ``lm_forward_rows``
         (LM rows run for the energy and the parallel decoding sweeps; memoised rows are not run again; the
         incremental decodings are not counted).
@@ -736,24 +738,28 @@ def _masked_mean(x: torch.Tensor, alive: torch.Tensor, B: int) -> list[float]:
 
 
 class BestIterate:
-    """Each chain's best evaluated iterate so far: by ``goal`` (the objective, or the raw reward), the
-    chain's initial sample included, so a chain never ends below its start. Strictly better replaces
-    (the earliest of equal iterates stays); chains not ``alive`` never change."""
+    """Each chain's best evaluated iterate so far: by ``goal`` (the objective, or the raw reward), among
+    the iterates whose raw reward is at least ``floor`` (per chain; :func:`run` sets it to the best raw
+    reward among the prompt's initial samples, so that with ``kl_coef`` too no answer scores below the
+    best start). Strictly better replaces (the earliest of equal iterates stays); chains not ``alive``
+    never change. A chain with no eligible iterate keeps ``goal`` -inf and no text."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, floor: torch.Tensor | None = None):
         self.goal = torch.full((n,), -math.inf, dtype=torch.float64)
         self.reward = torch.full((n,), math.nan, dtype=torch.float64)
         self.step = torch.full((n,), -2, dtype=torch.long)
+        self.floor = torch.full((n,), -math.inf, dtype=torch.float64) if floor is None else \
+            floor.to(device="cpu", dtype=torch.float64)
         self.texts: list[str | None] = [None] * n
         self.ids: list[list[int] | None] = [None] * n
 
     def update(self, goal: torch.Tensor, reward: torch.Tensor, texts: list[str], ids: list[list[int]], step: int,
                alive: torch.Tensor) -> torch.Tensor:
         """Keep the iterate of ``step`` for the chains it improves; returns them ``[N]`` bool."""
-        goal = goal.to(torch.float64).cpu()
-        better = alive.cpu() & (goal > self.goal)
+        goal, reward = goal.to(torch.float64).cpu(), reward.to(torch.float64).cpu()
+        better = alive.cpu() & (goal > self.goal) & (reward >= self.floor)
         self.goal = torch.where(better, goal, self.goal)
-        self.reward = torch.where(better, reward.to(torch.float64).cpu(), self.reward)
+        self.reward = torch.where(better, reward, self.reward)
         self.step = torch.where(better, torch.full_like(self.step, step), self.step)
         for i in better.nonzero().flatten().tolist():
             self.texts[i], self.ids[i] = texts[i], ids[i]
@@ -818,8 +824,9 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
         base_texts, base_ids, base_r = scores(init.tokens.to(device), alive, "initial sample")
         start_goal = _goal(base_r, lambda: _mean_logprob(init.logits, init.tokens, _id_lengths(base_ids)),
                            st.kl_coef)
-        best = BestIterate(B * C)
-        if st.select == "best":  # the start is an iterate: no chain ends below it
+        floor = base_r.double().view(B, C).amax(-1).repeat_interleave(C)  # each prompt's best start
+        best = BestIterate(B * C, floor if st.select == "best" else None)
+        if st.select == "best":  # the starts are iterates: no answer ends below the prompt's best start
             best.update(start_goal, base_r, base_texts, base_ids, -1, alive)
         lm = BaseLM(model, encoded, C, resp_mask, device)
         state = (torch.zeros_like(y), torch.zeros_like(y)) if st.optimizer == "adam" else None
@@ -853,7 +860,14 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
                 say(f"step {s + 1}/{st.steps}: energy " + ", ".join(f"{v:.3f}" for v in traces["energy"][-1])
                     + f" ({time.perf_counter() - t0:.1f} s)")
     seconds = time.perf_counter() - t0
-    pick = torch.where(alive.cpu(), best.goal, torch.full_like(best.goal, -math.inf)).view(B, C).argmax(-1)
+    live_goal = torch.where(alive.cpu(), best.goal, torch.full_like(best.goal, -math.inf)).view(B, C)
+    # a prompt whose every eligible iterate has objective -inf (empty responses) answers its best start
+    start_pick = torch.where(alive.cpu(), base_r.double().cpu(), torch.full_like(best.goal, -math.inf)).view(B, C)
+    pick = torch.where(torch.isfinite(live_goal).any(-1), live_goal.argmax(-1), start_pick.argmax(-1))
+    for i in (b * C + int(pick[b]) for b in range(B)):
+        if best.texts[i] is None:  # that fallback: the start itself
+            best.texts[i], best.ids[i], best.reward[i] = base_texts[i], base_ids[i], float(base_r[i])
+            best.goal[i], best.step[i] = float(start_goal[i]), -1
     results = []
     for b in range(B):
         i = b * C + int(pick[b])

@@ -434,7 +434,8 @@ def test_no_chain_ends_below_its_start_and_patience_stops():
         assert res.reward >= max(res.extra["start_reward"])
         assert res.reward == max(res.trace_max)  # the answer is the best evaluated response
         assert len(res.trace_max) == 1 + 8 + 1 and res.reward_calls == (1 + 8 + 1) * 3
-        assert all(-1 <= b <= 8 for b in res.extra["best_step"])
+        assert all(-2 <= b <= 8 for b in res.extra["best_step"])  # -2: nothing at or above the best start
+        assert res.extra["best_step"][res.extra["chain"]] >= -1
     (stopped,) = sea_generate(model, tok, _tiny.PROMPTS[:1], _tiny.SoftCountReward("w7"), patience=1, **kw)
     assert stopped.extra["steps_run"] < 8 and len(stopped.trace_max) == stopped.extra["steps_run"] + 2
 
@@ -493,3 +494,20 @@ def test_authors_preset_reproduces_their_update():
     opt.step()
     torch.testing.assert_close(got, eps.detach(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(e.energy, (-reward + 0.1 * flu).detach())
+
+
+def test_the_floor_keeps_an_objective_choice_above_the_best_start():
+    """With a floor (the prompt's best start), an iterate of higher objective but lower raw reward is
+    not kept; with kl_coef an answer still never scores below the best start."""
+    best = fa.sea.BestIterate(2, floor=torch.tensor([0.5, 0.5]))
+    alive = torch.tensor([True, True])
+    t = lambda *xs: torch.tensor(xs, dtype=torch.float64)  # noqa: E731
+    assert best.update(t(0.1, 0.4), t(0.5, 0.3), ["a", "b"], [[1], [2]], -1, alive).tolist() == [True, False]
+    assert best.update(t(0.9, 0.9), t(0.4, 0.6), ["c", "d"], [[3], [4]], 0, alive).tolist() == [False, True]
+    assert best.texts == ["a", "d"] and best.reward.tolist() == [0.5, 0.6]
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    out = sea_generate(model, tok, _tiny.PROMPTS[:3], _tiny.SoftCountReward("w7"), steps=6, max_new_tokens=6,
+                       reward_weight=5.0, backend="torch", progress=False, metrics=False, chains=3, seed=1,
+                       eval_every=1, kl_coef=2.0)
+    for res in out:
+        assert res.reward >= max(res.extra["start_reward"]) and res.objective is not None
