@@ -888,6 +888,7 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
                    "failed_chains": [c for c in range(C) if not bool(alive[b * C + c])]}))
     if metrics:
         live = alive.cpu().tolist()
-        cands = [[best.texts[b * C + c] for c in range(C) if live[b * C + c]] for b in range(B)]
+        cands = [[best.texts[b * C + c] for c in range(C) if live[b * C + c] and best.texts[b * C + c] is not None]
+                 for b in range(B)]  # the chains' kept answers (a chain with none below the floor has none)
         _common.attach_metrics(model, encoded, reward, results, [base_ids[b * C] for b in range(B)], cands)
     return results

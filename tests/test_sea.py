@@ -507,7 +507,9 @@ def test_the_floor_keeps_an_objective_choice_above_the_best_start():
     assert best.texts == ["a", "d"] and best.reward.tolist() == [0.5, 0.6]
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     out = sea_generate(model, tok, _tiny.PROMPTS[:3], _tiny.SoftCountReward("w7"), steps=6, max_new_tokens=6,
-                       reward_weight=5.0, backend="torch", progress=False, metrics=False, chains=3, seed=1,
+                       reward_weight=5.0, backend="torch", progress=False, metrics=True, chains=3, seed=2,
                        eval_every=1, kl_coef=2.0)
     for res in out:
         assert res.reward >= max(res.extra["start_reward"]) and res.objective is not None
+    assert any(-2 in res.extra["best_step"] for res in out)  # a chain left without an answer above the floor
+    assert all("distinct_2" in res.metrics for res in out)
