@@ -119,7 +119,7 @@ UNSET = _Unset()
 #: of bench/RESULTS.md *SEA as its authors run it (issue 22)* unless a comment says otherwise.
 FASTALIGN = dict(
     chains=4, steps=10, lr=0.1, optimizer="adam", noise="langevin", noise_std=(0.1, 0.001), max_norm=1.0,
-    clip="chain", init_temp=0.5, init_sample_temp=1.0, soft_temp=1.0, soft_tokens="straight_through",
+    clip="chain", init_temp=0.5, init_sample_temp=0.8, soft_temp=1.0, soft_tokens="straight_through",
     fluency="detached", flu_form="forward", flu_topk=None, flu_weight=1.0, reward_weight=50.0,
     reward_input="tokens", reward_temp=0.1, lm_input="argmax", decoding="lm_topk", decode_topk=5,
     select="best", eval_every=5, patience=None,
@@ -286,7 +286,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
             (fastalign: per chain at 1.0; authors: none, their ``clip_grad_norm_`` is commented out).
         init_temp: ``y`` starts at the base logits along the initial sample divided by this (fastalign:
             0.5; authors: 10, a flat start that moves easily).
-        init_sample_temp: temperature of the initial samples (fastalign: 1.0; authors: 0.8; 0: greedy).
+        init_sample_temp: temperature of the initial samples (0.8 in both presets: the authors', and chosen
+            for fastalign by the fluent-start study of bench/RESULTS.md; 0: greedy).
         soft_temp: the fluency term's distribution is ``softmax(y / soft_temp)`` (1.0).
         soft_tokens: what the base LM reads: ``"straight_through"`` (one-hot forward, softmax gradient;
             both presets) or ``"soft"`` (the plain softmax blend of embeddings).
