@@ -492,6 +492,9 @@ class BaseLM:
         out = None
         for memo_tokens, memo_logits in self.memo.values():
             same = (memo_tokens == tokens).all(-1) & ~have
+            if out is None and bool(same.all()):  # one memo covers every chain: no copy (never written to)
+                out, have = memo_logits, same
+                break
             if bool(same.any()):
                 out = torch.empty_like(memo_logits) if out is None else out
                 out[same] = memo_logits[same]
@@ -505,8 +508,13 @@ class BaseLM:
             else:
                 out = fresh.new_empty((N,) + fresh.shape[1:]) if out is None else out
                 out[missing.to(out.device)] = fresh
-        self.memo[slot] = (tokens.clone(), out)
+        self.remember(slot, tokens, out)
         return out
+
+    def remember(self, slot: str, tokens: torch.Tensor, logits: torch.Tensor) -> None:
+        """Keep ``logits [N, L, V]`` along ``tokens [N, L]`` as ``slot``'s latest (e.g. the incremental
+        decoding's own logits, which :meth:`logits_along` then reuses)."""
+        self.memo[slot] = (tokens.to(self.device).clone(), logits.to(self.device))
 
 
 def fluency_target(logits: torch.Tensor, topk: int | None) -> torch.Tensor:
@@ -619,12 +627,11 @@ def decode_tokens(model, encoded: _common.EncodedPrompts, y: torch.Tensor, st: S
 
 
 def _pad_after_eos(tokens: torch.Tensor, eos_ids, pad_id: int) -> torch.Tensor:
-    """``tokens [N, L]`` with every position after each row's first EOS set to ``pad_id`` (the EOS kept)."""
-    if not eos_ids:
-        return tokens
-    is_eos = torch.isin(tokens, torch.tensor(list(eos_ids), device=tokens.device))
-    after = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    return tokens.masked_fill(after, pad_id)
+    """``tokens [N, L]`` with every position after each row's first EOS set to ``pad_id`` (the EOS kept:
+    :func:`_eos_lengths`' cut)."""
+    N, L = tokens.shape
+    cut = _eos_lengths(tokens, torch.full((N,), L, device=tokens.device), eos_ids)
+    return tokens.masked_fill(torch.arange(L, device=tokens.device) >= cut.unsqueeze(1), pad_id)
 
 
 def lm_topk_choice(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -785,7 +792,7 @@ def _decode(model, encoded, lm: BaseLM, y_eval: torch.Tensor, st: SeaSettings, s
         if done is not None:
             return done
     tokens, logits = decode_tokens(model, encoded, y_eval, st, with_logits=True)
-    lm.memo["decoded"] = (tokens.to(lm.device), logits.to(lm.device))
+    lm.remember("decoded", tokens, logits)
     return tokens, logits
 
 
