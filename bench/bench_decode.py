@@ -145,8 +145,8 @@ def _generate_step_s(model, ids, mask, T: int, device, repeats: int, **extra) ->
 
 def methods(model, tok, prompts, n, iterations, T, device, compile: bool) -> dict:
     """Wall-clock of AISP n x K and Best-of-(n*K) on the same prompts, and the fused ops' share of AISP."""
-    from fastalign.aisp import aisp_generate
-    from fastalign.bon import bon_generate
+    from fastalign.methods.aisp import aisp_generate
+    from fastalign.methods.bon import bon_generate
 
     common = dict(max_new_tokens=T, seed=0, progress=False, chat_template=False, compile=compile)
     out = {}

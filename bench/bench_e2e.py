@@ -194,8 +194,8 @@ def _mean(values):
 
 def _metric_means(results) -> dict:
     """Means of the text metrics the results carry (``result.metrics``), and of the objective and AISP's
-    control health (:func:`fastalign.results.health`), where they do."""
-    from fastalign.results import health
+    control health (:func:`fastalign.methods.results.health`), where they do."""
+    from fastalign.methods.results import health
 
     numbers = [{**(getattr(r, "metrics", None) or {}), **health(r)} for r in results]
     keys = sorted({k for x in numbers for k in x})
@@ -214,7 +214,7 @@ def _responses(results, base=None) -> list[dict]:
 
 
 def run_aisp(model, tokenizer, prompts, reward, *, n, iterations, max_new_tokens, seed, backend, progress):
-    from fastalign.aisp import aisp_generate
+    from fastalign.methods.aisp import aisp_generate
 
     with timed_method(model, reward, ["aisp_perturb", "aisp_update"]) as row:
         results = aisp_generate(model, tokenizer, prompts, reward, n=n, iterations=iterations, **AISP_KW,
@@ -225,7 +225,7 @@ def run_aisp(model, tokenizer, prompts, reward, *, n, iterations, max_new_tokens
 
 
 def run_bon(model, tokenizer, prompts, reward, *, samples, max_new_tokens, seed, progress):
-    from fastalign.bon import bon_generate
+    from fastalign.methods.bon import bon_generate
 
     with timed_method(model, reward, []) as row:
         results = bon_generate(model, tokenizer, prompts, reward, n=samples, temperature=1.0,
@@ -236,7 +236,7 @@ def run_bon(model, tokenizer, prompts, reward, *, samples, max_new_tokens, seed,
 
 
 def run_sea(model, tokenizer, prompts, reward, *, steps, max_new_tokens, seed, backend, progress):
-    from fastalign.sea import sea_generate
+    from fastalign.methods.sea import sea_generate
 
     with timed_method(model, reward, ["sea_step", "gaussian_perturb"]) as row:
         results = sea_generate(model, tokenizer, prompts, reward, steps=steps,
@@ -248,7 +248,7 @@ def run_sea(model, tokenizer, prompts, reward, *, steps, max_new_tokens, seed, b
 
 def greedy_base(model, tokenizer, prompts, reward, *, max_new_tokens, seed):
     """The greedy response of each prompt and its reward (untimed; Best-of-1 with ``with_base``)."""
-    from fastalign.bon import bon_generate
+    from fastalign.methods.bon import bon_generate
 
     return bon_generate(model, tokenizer, prompts, reward, n=1, max_new_tokens=max_new_tokens, seed=seed,
                         with_base=True, progress=False)
@@ -258,7 +258,8 @@ def greedy_base(model, tokenizer, prompts, reward, *, max_new_tokens, seed):
 def anchor_generate(model, tokenizer, prompts, *, rows_per_prompt, max_new_tokens) -> dict:
     """``model.generate`` (greedy, dynamic cache) against fastalign's engine on the same
     ``len(prompts) * rows_per_prompt`` rows, every row ``max_new_tokens`` long (EOS ignored)."""
-    from fastalign import _common, engine
+    from fastalign.methods import _common
+    from fastalign import engine
 
     device = engine.input_device(model)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=None, device=device)
@@ -290,7 +291,9 @@ def _anchor_row(seconds: float, fwd: ForwardTimes) -> dict:
 def compaction(model, tokenizer, prompts, *, rows_per_prompt, max_new_tokens, seed, repeats=3) -> dict:
     """Sampled decode (temperature 1) of the AISP batch with ``compact_below=0.5`` against none,
     alternately ``repeats`` times: medians and the tokens produced (equal when compaction is exact)."""
-    from fastalign import _common, engine, sampling
+    from fastalign.methods import _common
+    from fastalign import engine
+    from fastalign.engine import sampling
 
     device = engine.input_device(model)
     encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=None, device=device)
@@ -318,7 +321,7 @@ def compaction(model, tokenizer, prompts, *, rows_per_prompt, max_new_tokens, se
 # ------------------------------------------------------------------------------------- the run
 def run(*, n, iterations, max_new_tokens, prompts, sea_steps, seed, prompt_tokens=0, backend=None,
         methods=("aisp", "bon", "sea"), anchor=True, compact=False, progress=True) -> dict:
-    from fastalign import models
+    from fastalign.scoring import models
 
     say = (lambda m: print(f"bench e2e: {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None)
     say("loading the default model and reward")

@@ -1,7 +1,7 @@
 """SEA quality sweep and step-time breakdown on the embedded model (issue 14).
 
 SmolLM2-135M-Instruct with the all-MiniLM-L6-v2 target-cosine reward (the target and prompts of
-``bench/bench_e2e.py``). For each option set of :func:`fastalign.sea.sea_generate`: mean reward of the
+``bench/bench_e2e.py``). For each option set of :func:`fastalign.methods.sea.sea_generate`: mean reward of the
 SEA responses against the base response (the first chain's sampled start) and against the best start
 over the chains (what keeping the best of 4 samples alone gives), the mean base-model perplexity of the
 responses against the base responses' and the greedy responses', coherence, distinct-2, time, and the
@@ -51,7 +51,9 @@ def _mean(xs):
 
 def greedy_perplexities(model, tokenizer, prompts, max_new_tokens) -> tuple[list[str], list[float]]:
     """The greedy responses and their perplexities (a fluency reference point)."""
-    from fastalign import _common, engine, metrics
+    from fastalign.methods import _common
+    from fastalign import engine
+    from fastalign.scoring import metrics
 
     enc = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=None,
                                             device=engine.input_device(model))
@@ -64,7 +66,7 @@ def greedy_perplexities(model, tokenizer, prompts, max_new_tokens) -> tuple[list
 def sweep(model, tokenizer, reward, prompts, names, *, steps, max_new_tokens, seed, say, out: dict,
           save=lambda: None) -> dict:
     """Run each option set in ``names``; its entry goes into ``out`` and ``save()`` is called after each."""
-    from fastalign.sea import sea_generate
+    from fastalign.methods.sea import sea_generate
 
     for name in names:
         say(f"sweep: {name}")
@@ -102,7 +104,7 @@ def _patched(obj, name, wrap):
 def step_breakdown(model, tokenizer, reward, prompts, *, fluency, steps, max_new_tokens, seed) -> dict:
     """Seconds per SEA step: total (energy + gradient + update), LM forward (incl. the soft-token
     embedding), reward forward, backward and the rest (energy - forwards), fused ops."""
-    from fastalign import sea
+    from fastalign.methods import sea
 
     lm_t, rw_t, energy_t = _Timer(), _Timer(), _Timer()
     soft = reward.soft_reward_fn(model, tokenizer)
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--json-out", help="also write the report as JSON here")
     args = p.parse_args(argv)
 
-    from fastalign import models
+    from fastalign.scoring import models
 
     def say(m):
         print(f"bench sea: {m}", file=sys.stderr, flush=True)

@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     import torch
 
     from bench.bench_study import TARGET, load_prompts
-    from fastalign import bon_generate, models, sea_generate
+    from fastalign import bon_generate, sea_generate
+    from fastalign.scoring import models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--first", type=int, default=9, help="1-based index of the first prompt in bench/prompts.jsonl")

@@ -12,7 +12,7 @@ reward calls, and the means of ``result.metrics`` (text quality) where the resul
 Cost tricks (so all budgets cost one run per method):
 
 * Best-of-N is nested: each prompt's largest-budget samples are drawn once (sample ``i`` depends only
-  on its seed and index, :mod:`fastalign.bon`), and best-of-k is the best of the first k samples.
+  on its seed and index, :mod:`fastalign.methods.bon`), and best-of-k is the best of the first k samples.
 * AISP with a fixed ``n`` is nested too: after ``k`` iterations it has scored ``n*k`` candidates, so
   budget ``n*k`` is its best-so-far after ``k`` iterations of the one run (``max(trace_max[:k])``).
   Settings that add candidates after the last update (``mean_rollout``, ``final_samples``) are not
@@ -63,7 +63,7 @@ class _Recorder:
         self.rounds, self.t0 = [], time.perf_counter()
 
     def __call__(self, prompts, responses):
-        from fastalign.rewards import call_reward
+        from fastalign.scoring.rewards import call_reward
 
         r = call_reward(self.reward, list(prompts), list(responses))
         self.rounds.append((r.view(self.B, -1), list(responses), time.perf_counter() - self.t0))
@@ -94,8 +94,8 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def _metrics_means(results: list) -> dict:
     """Means over prompts of the numeric ``result.metrics`` entries and of the objective and AISP's control
-    health (:func:`fastalign.results.health`): empty when results carry none."""
-    from fastalign.results import health
+    health (:func:`fastalign.methods.results.health`): empty when results carry none."""
+    from fastalign.methods.results import health
 
     per_key: dict[str, list[float]] = {}
     for res in results:
@@ -123,8 +123,8 @@ def _nested(method: str, label: str, budgets, rec: _Recorder, prompts: list[str]
 def _run_batch(model, tokenizer, reward, prompts, budgets, aisp_settings, bon_variants, *, max_new_tokens, seed,
                progress):
     """All methods on one batch of prompts: a list of per-batch rows (rewards per prompt)."""
-    from fastalign.aisp import aisp_generate
-    from fastalign.bon import bon_generate
+    from fastalign.methods.aisp import aisp_generate
+    from fastalign.methods.bon import bon_generate
 
     B, top = len(prompts), max(budgets)
     rec = _Recorder(reward, B)
@@ -203,7 +203,7 @@ def run_study(model=None, tokenizer=None, reward=None, prompts=None, *, budgets=
     the largest budget, or every budget for non-nested settings)) and ``responses`` (the best response per
     prompt for each row).
     """
-    from fastalign import models
+    from fastalign.scoring import models
 
     budgets = sorted({int(b) for b in budgets})
     if not budgets or budgets[0] < 1:

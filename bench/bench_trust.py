@@ -79,7 +79,10 @@ def summarize(label: str, results: list, extra: dict | None = None) -> dict:
 
 def sample_perplexity(model, tokenizer, prompts, *, n: int, max_new_tokens: int, seed: int) -> float:
     """Median perplexity of ``n`` ordinary temperature-1 samples per prompt (no selection)."""
-    from fastalign import _common, engine, metrics, sampling
+    from fastalign.methods import _common
+    from fastalign import engine
+    from fastalign.scoring import metrics
+    from fastalign.engine import sampling
 
     device = engine.input_device(model)
     enc = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=None, device=device)
@@ -98,7 +101,8 @@ def sample_perplexity(model, tokenizer, prompts, *, n: int, max_new_tokens: int,
 
 def main(argv=None) -> int:
     from bench.bench_study import TARGET, load_prompts
-    from fastalign import aisp_generate, bon_generate, models
+    from fastalign import aisp_generate, bon_generate
+    from fastalign.scoring import models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--first", type=int, default=17, help="1-based index of the first prompt in bench/prompts.jsonl")

@@ -48,15 +48,65 @@ def _map_kernels_folder() -> None:
 
 _map_kernels_folder()
 
+#: The short public module paths users import (README, docs/serving.md), and the module of the layer
+#: package that holds each (docs/design.md#layers). ``import fastalign.models`` and
+#: ``from fastalign import models`` give the very module object of ``fastalign.scoring.models``, so a
+#: monkeypatch or an isinstance check through either name sees the same thing.
+PUBLIC_MODULES = {
+    "fastalign.aisp": "fastalign.methods.aisp",
+    "fastalign.sea": "fastalign.methods.sea",
+    "fastalign.bon": "fastalign.methods.bon",
+    "fastalign.results": "fastalign.methods.results",
+    "fastalign.rewards": "fastalign.scoring.rewards",
+    "fastalign.metrics": "fastalign.scoring.metrics",
+    "fastalign.models": "fastalign.scoring.models",
+    "fastalign.encoding": "fastalign.engine.encoding",
+    "fastalign.sampling": "fastalign.engine.sampling",
+    "fastalign.rng": "fastalign.backends.rng",
+    "fastalign.library": "fastalign.ops.library",
+    "fastalign.check": "fastalign.ops.check",
+}
+
+
+class _ModuleAlias:
+    """The import-system finder and loader behind :data:`PUBLIC_MODULES`: the short name's spec loads
+    nothing of its own; it hands over the layer package's module (imported on first use) unchanged."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname not in PUBLIC_MODULES:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(fullname, cls())
+
+    def create_module(self, spec):
+        import importlib
+
+        return importlib.import_module(PUBLIC_MODULES[spec.name])
+
+    def exec_module(self, module):
+        pass  # already executed under its own name
+
+
+def _install_module_aliases() -> None:
+    import sys
+
+    if not any(finder is _ModuleAlias for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ModuleAlias)
+
+
+_install_module_aliases()
+
 from fastalign.errors import InputError, InputTypeError  # noqa: E402  (stdlib only)
 
 #: public name -> the module that defines it, imported on first access (``import fastalign`` stays light)
 _LAZY = {
-    "AlignResult": "fastalign.results",
+    "AlignResult": "fastalign.methods.results",
     "BackendUnavailableError": "fastalign.backends",
-    "aisp_generate": "fastalign.aisp",
-    "bon_generate": "fastalign.bon",
-    "sea_generate": "fastalign.sea",
+    "aisp_generate": "fastalign.methods.aisp",
+    "bon_generate": "fastalign.methods.bon",
+    "sea_generate": "fastalign.methods.sea",
     "aisp_perturb": "fastalign.ops",
     "aisp_update": "fastalign.ops",
     "available_backends": "fastalign.ops",

@@ -154,7 +154,7 @@ def _broadcast(d: Dist, value):
 
 
 def model_placement(d: Dist, device_map: str | None = None) -> dict:
-    """Keyword arguments of :func:`fastalign.models.load_model` for this rank: ``{"device": d.device}``,
+    """Keyword arguments of :func:`fastalign.scoring.models.load_model` for this rank: ``{"device": d.device}``,
     or with ``device_map`` (accelerate's big-model placement: ``"auto"``, ``"balanced"``, ...)
     ``{"device_map": device_map}``, where the ranks of a node share its GPUs out evenly (local rank i
     of k places its model on GPUs ``[i*g/k, (i+1)*g/k)`` through ``max_memory``)."""
@@ -611,7 +611,7 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
         out: the output file (not a folder); its folder must exist, be writable and, across nodes, be
             shared (ValueError before any work otherwise).
         align_batch: ``align_batch(items: list[dict]) -> results``, one per item, each an
-            :class:`~fastalign.results.AlignResult` (written through ``to_dict()``) or a JSON-serialisable
+            :class:`~fastalign.methods.results.AlignResult` (written through ``to_dict()``) or a JSON-serialisable
             dict. It sees the batches of :func:`make_batches`, on this rank's device.
         prepare: called once on a rank that has work, before its first batch (load the models here: a
             rank with nothing to do loads nothing); timed apart in the summary.
@@ -639,7 +639,7 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
             raise InputError(f"prompts[{i}]: expected a dict with a \"prompt\" string, got {item!r:.60}")
     if not items:
         raise InputError("prompts: expected at least one prompt, got none")
-    from fastalign import _inputs
+    from fastalign.cli import _inputs
 
     out = _inputs.output_file(os.fspath(out), "out", "results.jsonl", replaced=True)  # before any work
     batches = make_batches(items, batch_size, group_key)

@@ -20,7 +20,7 @@ when the response ended with one), padded with the pad id. One row per prompt: f
 best candidate, so ``num_return_sequences`` must be 1.
 
 Each row's tokens (its attention mask's ones, not the padded width) + ``max_new_tokens`` must fit the
-model's context (``max_position_embeddings`` or its equivalent, :mod:`fastalign._context`): a row that
+model's context (``max_position_embeddings`` or its equivalent, :mod:`fastalign.engine._context`): a row that
 does not is refused with ``ValueError`` before any forward, or, with ``truncate_prompt=True``, keeps
 its last tokens that fit (with a warning; the returned row still starts with the prompt as given).
 
@@ -44,10 +44,12 @@ from pathlib import Path
 
 import torch
 
-from fastalign import _common, engine
-from fastalign import aisp as _aisp
-from fastalign import bon as _bon
-from fastalign import sea as _sea
+from fastalign.methods import _common
+
+from fastalign import engine
+from fastalign.methods import aisp as _aisp
+from fastalign.methods import bon as _bon
+from fastalign.methods import sea as _sea
 from fastalign.errors import InputError, InputTypeError
 
 __all__ = ["aisp", "bon", "sea", "generate", "hub_dir"]
@@ -142,7 +144,7 @@ def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
     """Left-padded ``(ids, mask)`` whose every row's tokens + ``max_new_tokens`` fit the model's context:
     ValueError naming the row (``input_ids[i]``) otherwise, or with ``truncate_prompt`` each long row
     keeps its last tokens that fit (the ids as given are cut: a chat template's header too)."""
-    from fastalign import _context
+    from fastalign.engine import _context
 
     if not isinstance(truncate_prompt, bool):
         raise InputTypeError(f"truncate_prompt: expected True or False, got {type(truncate_prompt).__name__}")
@@ -165,7 +167,7 @@ def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
     return ids[:, P - width:], mask[:, P - width:]
 
 
-def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
+def _encoded(model, api, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
              truncate_prompt: bool = False) -> _common.EncodedPrompts:
     if text_tokenizer is None:
         raise InputError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
@@ -176,7 +178,7 @@ def _encoded(model, text_tokenizer, input_ids, attention_mask, generation_config
     texts = [text_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
     eos_ids, pad_id = _eos_and_pad(generation_config, model)
     return _common.EncodedPrompts(texts=texts, input_ids=ids, attention_mask=mask.to(device), eos_ids=eos_ids,
-                                  pad_id=pad_id)
+                                  pad_id=pad_id, api=api)
 
 
 def _as_generate_output(input_ids: torch.Tensor, results, encoded: _common.EncodedPrompts,
@@ -220,7 +222,7 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
          truncate_prompt: bool = False, **model_kwargs):
     """AISP as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.aisp,
     reward=..., text_tokenizer=..., n=..., iterations=...)``. The AISP arguments are those of
-    :func:`fastalign.aisp.aisp_generate`; see the module docstring for the conventions."""
+    :func:`fastalign.methods.aisp.aisp_generate`; see the module docstring for the conventions."""
     generation_config, T = _start("aisp", model, input_ids, generation_config, logits_processor, stopping_criteria,
                                   model_kwargs, streamer, reward, sampling=False)
     settings = _aisp.AispSettings.check(n=n, iterations=iterations, sigma=sigma, variance=variance,
@@ -228,8 +230,8 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
                                         alpha=alpha, horizon=horizon, max_new_tokens=T,
                                         normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
                                         final_samples=final_samples, seed=seed, backend=backend)
-    _common.check_model_and_reward(model, reward, backend)
-    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config, T,
+    api, _ = _common.check_model_and_reward(model, reward, backend)
+    encoded = _encoded(model, api, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config, T,
                        truncate_prompt)
     results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
@@ -249,13 +251,13 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
                                       if sample else 0.0, top_p=(gc.top_p or 1.0) if sample else 1.0,
                                       top_k=(gc.top_k or 0) if sample else 0, seed=seed, max_new_tokens=T,
                                       batch_size=batch_size, kl_coef=kl_coef)
-    _common.check_model_and_reward(model, reward, None)
-    encoded = _encoded(model, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc, T, truncate_prompt)
+    api, _ = _common.check_model_and_reward(model, reward, None)
+    encoded = _encoded(model, api, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc, T, truncate_prompt)
     results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
 
-#: SEA's settings (the keyword arguments of :func:`fastalign.sea.sea_generate` that SeaSettings.check takes:
+#: SEA's settings (the keyword arguments of :func:`fastalign.methods.sea.sea_generate` that SeaSettings.check takes:
 #: the preset's options, left at ``sea.UNSET`` = the preset's value, and the named ones)
 _SEA_OPTIONS = {name: p.default for name, p in inspect.signature(_sea.sea_generate).parameters.items()
                 if (name in inspect.signature(_sea.SeaSettings.check).parameters or name in _sea.FASTALIGN)
@@ -268,15 +270,15 @@ def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     """SEA as a ``generate`` decoding method: ``model.generate(**inputs, custom_generate=fastalign.hf.sea,
     reward=..., text_tokenizer=..., steps=..., chains=...)``. The SEA options (``chains``, ``steps``,
     ``lr``, ``soft_tokens``, ``fluency``, ``decoding``, ``noise``, ``seed``, ...) are those of
-    :func:`fastalign.sea.sea_generate`, with its defaults; ``reward`` must have a differentiable form
+    :func:`fastalign.methods.sea.sea_generate`, with its defaults; ``reward`` must have a differentiable form
     (or pass ``soft_reward``). SEA samples its own starting responses, so it needs ``do_sample=False``."""
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _SEA_OPTIONS}
     generation_config, T = _start("sea", model, input_ids, generation_config, logits_processor, stopping_criteria,
                                   kwargs, streamer, reward, sampling=False)
     settings = _sea.SeaSettings.check(**{**_SEA_OPTIONS, **options}, max_new_tokens=T)
-    _common.check_model_and_reward(model, reward, settings.backend)
+    api, _ = _common.check_model_and_reward(model, reward, settings.backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
-    encoded = _encoded(model, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config, T,
+    encoded = _encoded(model, api, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config, T,
                        truncate_prompt)
     soft = soft_reward if soft_reward is not None else _sea.as_soft_reward(reward, model, text_tokenizer)
     results = _sea.run(model, text_tokenizer, encoded, reward, soft, settings, metrics=False, progress=progress)

@@ -9,11 +9,11 @@ import torch
 
 import _tiny
 import fastalign as fa
-from fastalign import encoding
+from fastalign.engine import encoding
 from fastalign import engine
-from fastalign.results import AlignResult
-from fastalign import sampling
-from fastalign.aisp import aisp_generate, standardize_rewards
+from fastalign.methods.results import AlignResult
+from fastalign.engine import sampling
+from fastalign.methods.aisp import aisp_generate, standardize_rewards
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -181,7 +181,7 @@ def test_udot_accumulated_while_decoding_matches_the_lengths_given_to_the_update
     the update's own pass computes from ``lengths`` (steps t < length): otherwise the importance
     weights would use a udot that does not belong to the noise they weight. Rollouts that stop early
     (EOS) are the case that matters; this configuration has some."""
-    from fastalign import aisp
+    from fastalign.methods import aisp
 
     calls = []
     real_update = aisp.ops.aisp_update
@@ -273,7 +273,7 @@ def test_bad_prompts_and_reward_raise():
 # --- options of the study (issue: AISP against Best-of-N) ------------------------------------------
 
 def test_sigma_as_a_std_or_as_a_variance():
-    from fastalign.aisp import resolve_sigma
+    from fastalign.methods.aisp import resolve_sigma
 
     assert resolve_sigma(None, None, 0.5) == 0.5
     assert resolve_sigma(0.3, None, 0.5) == 0.3
@@ -290,7 +290,7 @@ def test_sigma_as_a_std_or_as_a_variance():
 
 
 def test_mean_control_rollout_is_greedy_decoding_of_the_shifted_head_input():
-    from fastalign.aisp import _mean_control
+    from fastalign.methods.aisp import _mean_control
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     ids, mask = encoding.encode_prompts(tok, _tiny.PROMPTS[:3])
@@ -328,7 +328,7 @@ def test_mean_rollout_and_final_samples_are_counted_candidates():
 def test_final_samples_draw_noise_past_every_iteration(monkeypatch):
     """The final batch's stream block starts at or after the end of the last iteration's noise, so its
     noise is fresh (never a copy of an earlier rollout's)."""
-    from fastalign import aisp as aisp_mod
+    from fastalign.methods import aisp as aisp_mod
 
     calls = []
     real = aisp_mod.ops.aisp_perturb
@@ -353,7 +353,7 @@ def test_study_defaults_relative_noise_trust_region_and_z_scored_rewards():
     z-scored rewards with lam 0.5, the raw reward (kl_coef 0). A default call equals those settings
     spelled out, differs from the former defaults (variance 0.5, no cap), and is invariant to an affine
     rescaling of the reward."""
-    from fastalign import aisp
+    from fastalign.methods import aisp
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     kw = dict(n=4, iterations=3, max_new_tokens=6, backend="torch", progress=False)

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 
-from fastalign import _common
+from fastalign.methods import _common
 import _archs
 import _tiny
 

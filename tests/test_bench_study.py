@@ -8,10 +8,11 @@ import torch
 
 import _tiny
 from fastalign import cli
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
+import fastalign.cli.align, fastalign.cli.bench, fastalign.cli.info  # noqa: E401,F401 (cli.align, ... below)
+from fastalign.methods.aisp import aisp_generate
+from fastalign.methods.bon import bon_generate
 
-study = cli._load_bench_module("bench_study")
+study = cli.bench._load_bench_module("bench_study")
 KW = dict(max_new_tokens=4, seed=0, progress=False)
 
 
@@ -105,8 +106,8 @@ def test_cli_budget_study_plumbing(capsys, monkeypatch, tmp_path):
         return rows, []
 
     monkeypatch.setattr(study, "run_study", fake)
-    load = cli._load_bench_module
-    monkeypatch.setattr(cli, "_load_bench_module", lambda name: study if name == "bench_study" else load(name))
+    load = cli.bench._load_bench_module
+    monkeypatch.setattr(cli.bench, "_load_bench_module", lambda name: study if name == "bench_study" else load(name))
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     rc = cli.main(["bench", "--e2e", "--budgets", "64,16,32", "--quick", "--prompts-file", str(f),

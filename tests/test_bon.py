@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import _tiny
-from fastalign.results import AlignResult
-from fastalign import sampling
-from fastalign.bon import bon_generate
+from fastalign.methods.results import AlignResult
+from fastalign.engine import sampling
+from fastalign.methods.bon import bon_generate
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,7 +33,7 @@ def test_sample_tokens_follows_the_distribution():
 def test_sample_tokens_is_the_inverse_cdf_of_the_stream_uniform(temperature):
     """Each draw is the first token whose float64 cumulative probability exceeds the row's uniform
     ``rng.uniform(seed, offset)`` (computed here independently, with a normalised CDF)."""
-    from fastalign import rng
+    from fastalign.backends import rng
 
     gen = torch.Generator().manual_seed(5)
     logits = 3 * torch.randn(300, 1000, generator=gen)

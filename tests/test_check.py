@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastalign import backends as registry
-from fastalign import check
+from fastalign.ops import check
 from fastalign.backends import torch_ref
 
 

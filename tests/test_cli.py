@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastalign import cli, models
+from fastalign import cli
+import fastalign.cli.align, fastalign.cli.bench, fastalign.cli.info  # noqa: E401,F401 (cli.align, ... below)
+
+from fastalign.scoring import models
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_KEYS = ["op", "backend", "dtype", "shape", "max_abs_err", "max_rel_err", "ok"]
@@ -115,7 +118,7 @@ def test_bench_table_and_peak_memory_of_the_naive_aisp_pipeline(capsys):
     assert rc == 0
     assert "== aisp_iteration (float32, threads=1)" in out and "copy bandwidth" in out
 
-    bench = cli._load_bench_module("bench_ops")
+    bench = cli.bench._load_bench_module("bench_ops")
     report = bench.run(["aisp_iteration"], ["naive"], "1", quick=True)
     (row,) = report["results"]
     # quick shape B=1 n=4 tau=8 d=64: the naive pipeline holds the whole noise tensor (8 KiB floats)
@@ -168,7 +171,7 @@ def test_align_happy_path_json(capsys, tiny_model_dir, method, monkeypatch, tmp_
     assert isinstance(res["response"], str) and isinstance(res["base_response"], str)
     # the CLI maximises reward + kl_coef * mean log p_base (its default kl_coef is > 0): the raw reward is
     # one of the scored ones, at most the best, and the objective is below it (log-probabilities <= 0)
-    assert res["settings"]["kl_coef"] == cli.CLI_KL_COEF > 0 and res["objective"] is not None
+    assert res["settings"]["kl_coef"] == cli.align.CLI_KL_COEF > 0 and res["objective"] is not None
     assert res["reward"] <= max(res["trace_max"]) + 1e-6 and res["objective"] <= res["reward"]
     assert -1.0 <= res["base_reward"] <= 1.0
     assert res["settings"]["n"] == 3
@@ -185,7 +188,7 @@ def test_align_text_output(capsys, tiny_model_dir):
     assert out.count("perplexity") == 2 and "coherence" in out and "distinct-2/3" in out
     assert "fastalign aisp:" in err  # progress on stderr
     assert "control |u|/|h| per iteration: " in out and "ESS" in out  # the control's health
-    assert ("objective" in out) == (cli.CLI_KL_COEF > 0)  # the objective beside the raw reward
+    assert ("objective" in out) == (cli.align.CLI_KL_COEF > 0)  # the objective beside the raw reward
 
 
 def test_align_several_prompts_in_one_batch_equal_each_alone(capsys, tiny_model_dir):
@@ -269,11 +272,11 @@ def test_unavailable_backend_for_align(capsys):
 
 def test_console_entry_point_never_prints_a_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "align", "hi", "--n", "x"],
+    proc = subprocess.run([sys.executable, "-m", "fastalign", "align", "hi", "--n", "x"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    proc = subprocess.run([sys.executable, "-m", "fastalign.cli", "--version"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "fastalign", "--version"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0 and "fastalign" in proc.stdout
 
@@ -283,7 +286,7 @@ def test_internal_error_keeps_its_traceback_and_exit_status_1(capsys, monkeypatc
     def broken():
         raise ValueError("an internal inconsistency")
 
-    monkeypatch.setattr(cli, "info_dict", broken)
+    monkeypatch.setattr(cli.info, "info_dict", broken)
     rc, _, err = run(capsys, "info")
     assert rc == 1 and "Traceback (most recent call last)" in err, err
     assert "ValueError: an internal inconsistency" in err and "internal error" in err.splitlines()[-1]
@@ -296,7 +299,7 @@ def test_input_error_inside_a_command_is_one_line_and_exit_status_2(capsys, monk
     def bad():
         raise getattr(errors, kind)("--thing: expected a number, got 'x'\n(a second line is not shown)")
 
-    monkeypatch.setattr(cli, "info_dict", bad)
+    monkeypatch.setattr(cli.info, "info_dict", bad)
     rc, _, err = run(capsys, "info")
     assert_one_line_error(rc, err, "--thing: expected a number")
 
@@ -408,7 +411,7 @@ def test_align_kl_coef_reaches_every_method_and_the_json(capsys, tiny_model_dir)
         assert res["objective"] is not None and res["objective"] <= res["reward"]  # log p <= 0
         if method == "aisp":
             assert "|u|/|h|" in err and "ESS" in err
-            assert res["settings"]["rel_sigma"] == cli.ALIGN_DEFAULTS["aisp"]["rel_sigma"]
+            assert res["settings"]["rel_sigma"] == cli.align.ALIGN_DEFAULTS["aisp"]["rel_sigma"]
 
 
 def test_align_reward_model_and_top_p_for_best_of_n(capsys, tiny_model_dir, tmp_path):
@@ -417,7 +420,7 @@ def test_align_reward_model_and_top_p_for_best_of_n(capsys, tiny_model_dir, tmp_
     from transformers import AutoModelForSequenceClassification
 
     import _tiny
-    from fastalign.rewards import SequenceClassifierReward
+    from fastalign.scoring.rewards import SequenceClassifierReward
 
     torch.manual_seed(0)
     cfg = _tiny.config("llama")
@@ -437,8 +440,8 @@ def test_align_reward_model_and_top_p_for_best_of_n(capsys, tiny_model_dir, tmp_
 
 def test_align_compile_and_sigma_reach_the_methods(capsys, monkeypatch, tiny_model_dir):
     """--compile and the noise scale are passed through (captured at aisp_generate / bon_generate)."""
-    import fastalign.aisp
-    import fastalign.bon
+    import fastalign.methods.aisp
+    import fastalign.methods.bon
 
     seen = {}
 
@@ -448,30 +451,30 @@ def test_align_compile_and_sigma_reach_the_methods(capsys, monkeypatch, tiny_mod
             raise RuntimeError("captured")
         return fake
 
-    monkeypatch.setattr(fastalign.aisp, "aisp_generate", capture("aisp"))
-    monkeypatch.setattr(fastalign.bon, "bon_generate", capture("bon"))
+    monkeypatch.setattr(fastalign.methods.aisp, "aisp_generate", capture("aisp"))
+    monkeypatch.setattr(fastalign.methods.bon, "bon_generate", capture("bon"))
     common = ("w1", "--model", str(tiny_model_dir), "--quiet", "--compile")
     assert run(capsys, "align", *common, "--sigma", "0.3")[0] == 1
     assert run(capsys, "align", *common, "--variance", "0.5")[0] == 1
     assert seen["aisp"]["variance"] == 0.5 and "sigma" not in seen["aisp"] and seen["aisp"]["compile"] is True
     assert run(capsys, "align", *common, "--kl-coef", "0.2", "--control-cap", "0")[0] == 1
-    assert seen["aisp"]["rel_sigma"] == cli.ALIGN_DEFAULTS["aisp"]["rel_sigma"] and "sigma" not in seen["aisp"]
+    assert seen["aisp"]["rel_sigma"] == cli.align.ALIGN_DEFAULTS["aisp"]["rel_sigma"] and "sigma" not in seen["aisp"]
     assert seen["aisp"]["kl_coef"] == 0.2 and seen["aisp"]["control_cap"] is None
     assert run(capsys, "align", *common, "--method", "bon")[0] == 1
     assert seen["bon"]["compile"] is True and seen["bon"]["top_p"] == 1.0
 
 
 def test_align_aisp_defaults_are_the_library_defaults():
-    """ALIGN_DEFAULTS spells out fastalign.aisp's study defaults (so the CLI starts without torch)."""
-    from fastalign import aisp
+    """ALIGN_DEFAULTS spells out fastalign.methods.aisp's study defaults (so the CLI starts without torch)."""
+    from fastalign.methods import aisp
 
-    d = cli.ALIGN_DEFAULTS["aisp"]
+    d = cli.align.ALIGN_DEFAULTS["aisp"]
     assert d["rel_sigma"] == aisp.DEFAULT_REL_SIGMA and d["lam"] == aisp.DEFAULT_LAM
     assert d["control_cap"] == aisp.DEFAULT_CONTROL_CAP
     # kl_coef is in reward units: the CLI's is chosen for its default (cosine) reward, the library's is 0
     assert aisp.DEFAULT_KL_COEF == 0.0
-    assert cli.ALIGN_DEFAULTS["aisp"]["kl_coef"] == cli.ALIGN_DEFAULTS["bon"]["kl_coef"] == \
-        cli.ALIGN_DEFAULTS["sea"]["kl_coef"] == cli.CLI_KL_COEF
+    assert cli.align.ALIGN_DEFAULTS["aisp"]["kl_coef"] == cli.align.ALIGN_DEFAULTS["bon"]["kl_coef"] == \
+        cli.align.ALIGN_DEFAULTS["sea"]["kl_coef"] == cli.align.CLI_KL_COEF
     assert d["normalize_rewards"] is aisp.DEFAULT_NORMALIZE_REWARDS
 
 
@@ -493,7 +496,7 @@ def _no_work(monkeypatch, *, tokenizer_ok: bool = False):
     monkeypatch.setattr(models, "load_embedding_model", reached("the reward loaded"))
     if not tokenizer_ok:
         monkeypatch.setattr(models, "load_tokenizer_and_config", reached("the tokenizer loaded"))
-    real = cli._load_bench_module
+    real = cli.bench._load_bench_module
 
     def load_bench(name):
         module = real(name)
@@ -501,7 +504,7 @@ def _no_work(monkeypatch, *, tokenizer_ok: bool = False):
         monkeypatch.setattr(module, fn, reached(f"{name}.{fn} started"))
         return module
 
-    monkeypatch.setattr(cli, "_load_bench_module", load_bench)
+    monkeypatch.setattr(cli.bench, "_load_bench_module", load_bench)
 
 
 def _tree(root: Path) -> set:
@@ -773,18 +776,18 @@ _PINNED_KEYWORDS = {  # what each method's function is called with, besides prog
 }
 
 
-@pytest.mark.parametrize("method", cli.METHODS)
+@pytest.mark.parametrize("method", cli.align.METHODS)
 def test_align_defaults_settings_and_keywords_are_pinned_per_method(method):
-    """The table (cli.ALIGN_OPTIONS) generates the same defaults, JSON settings (keys in the same order)
+    """The table (cli.align.ALIGN_OPTIONS) generates the same defaults, JSON settings (keys in the same order)
     and method keywords as the hand-written code it replaced."""
     args = cli.build_parser().parse_args(["align", "hi", "--method", method])
-    assert json.dumps(cli._describe(args)) == _PINNED_SETTINGS[method]
-    assert cli._method_keywords(args, method) == _PINNED_KEYWORDS[method]
-    assert cli.ALIGN_DEFAULTS[method] == {k: v for k, v in json.loads(_PINNED_SETTINGS[method]).items()
+    assert json.dumps(cli.align._describe(args)) == _PINNED_SETTINGS[method]
+    assert cli.align._method_keywords(args, method) == _PINNED_KEYWORDS[method]
+    assert cli.align.ALIGN_DEFAULTS[method] == {k: v for k, v in json.loads(_PINNED_SETTINGS[method]).items()
                                           if k != "control_cap" or v is not None} | (
         {"rel_sigma": 0.1} if method == "aisp" else {})
     # the options a resumed --out run compares (every parsed option but those that do not change results)
-    assert sorted(cli._run_settings(args)) == [
+    assert sorted(cli.align._run_settings(args)) == [
         "alpha", "backend", "batch_size", "compile", "control_cap", "device_map", "final_samples", "horizon",
         "iterations", "kl_coef", "lam", "lr", "max_new_tokens", "mean_rollout", "method", "model", "n",
         "normalize_rewards", "preset", "rel_sigma", "resolved", "reward", "reward_fn", "reward_label",
@@ -794,17 +797,17 @@ def test_align_defaults_settings_and_keywords_are_pinned_per_method(method):
 def test_align_settings_of_the_special_forms():
     parse = cli.build_parser().parse_args
     args = parse(["align", "hi", "--variance", "0.25", "--horizon", "3", "--compile", "--control-cap", "0"])
-    shown = cli._describe(args)
+    shown = cli.align._describe(args)
     assert list(shown)[-4:] == ["sigma", "variance", "horizon", "compile"]
     assert shown["sigma"] == 0.5 and shown["variance"] == 0.25 and shown["control_cap"] is None
     assert "rel_sigma" not in shown and shown["compile"] is True and shown["horizon"] == 3
-    kw = cli._method_keywords(args, "aisp")
+    kw = cli.align._method_keywords(args, "aisp")
     assert kw["variance"] == 0.25 and "sigma" not in kw and "rel_sigma" not in kw and kw["control_cap"] is None
     args = parse(["align", "hi", "--sigma", "0.3"])
-    assert cli._method_keywords(args, "aisp")["sigma"] == 0.3 and list(cli._describe(args))[-1] == "sigma"
+    assert cli.align._method_keywords(args, "aisp")["sigma"] == 0.3 and list(cli.align._describe(args))[-1] == "sigma"
     args = parse(["align", "hi", "--method", "bon", "-n", "3", "--iterations", "5", "--top-p", "0.5"])
-    assert cli._describe(args)["n"] == 3 and cli._method_keywords(args, "bon")["n"] == 15
-    assert cli._method_keywords(args, "bon")["top_p"] == 0.5
+    assert cli.align._describe(args)["n"] == 3 and cli.align._method_keywords(args, "bon")["n"] == 15
+    assert cli.align._method_keywords(args, "bon")["top_p"] == 0.5
 
 
 def test_every_align_flag_comes_from_the_table_with_its_help():
@@ -812,8 +815,8 @@ def test_every_align_flag_comes_from_the_table_with_its_help():
     (a ``{method}`` field filled with that method's default)."""
     align = cli.build_parser()._subparsers._group_actions[0].choices["align"]
     actions = [a for a in align._actions if a.dest != "help"]
-    assert [a.dest for a in actions] == [o.dest for o in cli.ALIGN_OPTIONS]
-    for action, opt in zip(actions, cli.ALIGN_OPTIONS):
+    assert [a.dest for a in actions] == [o.dest for o in cli.align.ALIGN_OPTIONS]
+    for action, opt in zip(actions, cli.align.ALIGN_OPTIONS):
         assert [f for f in action.option_strings if not f.startswith("--no-")] == \
             [f for f in opt.flags if f.startswith("-")]
         assert action.help == (opt.help.format(**opt.defaults) if opt.help else None)
@@ -821,16 +824,16 @@ def test_every_align_flag_comes_from_the_table_with_its_help():
     assert by_dest["rel_sigma"].help.endswith("(the default form: 0.1)")
     assert "(default 0.5; 0: no cap)" in by_dest["control_cap"].help
     assert "(default 0.08; keeps the text fluent)" in by_dest["kl_coef"].help
-    restricted = {o.dest for o in cli.ALIGN_OPTIONS if o.methods is not None and o.methods != cli.METHODS}
-    assert set(cli._METHOD_OPTIONS) == restricted
-    assert cli._METHOD_OPTIONS["compile"] == ("aisp", "bon") and cli._METHOD_OPTIONS["lr"] == ("sea",)
+    restricted = {o.dest for o in cli.align.ALIGN_OPTIONS if o.methods is not None and o.methods != cli.align.METHODS}
+    assert set(cli.align._METHOD_OPTIONS) == restricted
+    assert cli.align._METHOD_OPTIONS["compile"] == ("aisp", "bon") and cli.align._METHOD_OPTIONS["lr"] == ("sea",)
 
 
 def test_sea_preset_flag_reaches_sea_generate_and_lr_only_when_given():
     args = cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "authors"])
-    kw = cli._method_keywords(args, "sea")
+    kw = cli.align._method_keywords(args, "sea")
     assert kw["preset"] == "authors" and "lr" not in kw  # the preset's lr (0.01), not a CLI default
     args = cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "authors", "--lr", "0.02"])
-    assert cli._method_keywords(args, "sea")["lr"] == 0.02 and cli._describe(args)["lr"] == 0.02
+    assert cli.align._method_keywords(args, "sea")["lr"] == 0.02 and cli.align._describe(args)["lr"] == 0.02
     with pytest.raises(cli.UsageError, match="--preset"):
         cli.build_parser().parse_args(["align", "hi", "--method", "sea", "--preset", "paper"])

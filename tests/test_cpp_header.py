@@ -1,7 +1,7 @@
 """The shared per-element math of csrc/include/fastalign, compiled by g++ on the host (no torch).
 
 csrc/tests/test_stream.cpp checks the Random123 known-answer vectors of Philox4x32 itself (its exit
-status) and prints ~300 stream words/uniforms/normals, which must equal fastalign.rng: words and
+status) and prints ~300 stream words/uniforms/normals, which must equal fastalign.backends.rng: words and
 uniforms bit for bit, normals (float32 Box-Muller with libm, and with the polynomials of
 box_muller_poly.h that the CPU backend uses) within 2e-6 of the float64 evaluation.
 """
@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import torch
 
-from fastalign import rng
+from fastalign.backends import rng
 from fastalign.backends._jit import csrc_dir
 
 CXX = os.environ.get("CXX", "g++")

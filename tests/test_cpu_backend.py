@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign import rng
+from fastalign.backends import rng
 from fastalign.backends import _jit, cpu
 from _util import assert_matches_reference
 

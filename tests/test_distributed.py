@@ -19,10 +19,12 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import cli, distributed, engine, models
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
-from fastalign.sea import sea_generate
+from fastalign import cli, distributed, engine
+import fastalign.cli.align, fastalign.cli.bench, fastalign.cli.info  # noqa: E401,F401 (cli.align, ... below)
+from fastalign.scoring import models
+from fastalign.methods.aisp import aisp_generate
+from fastalign.methods.bon import bon_generate
+from fastalign.methods.sea import sea_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +116,7 @@ def test_interrupted_run_resumes_and_redoes_truncated_and_corrupt_lines(referenc
                                                                         capsys, monkeypatch):
     out = tmp_path / "r.jsonl"
     argv = align_args(prompts_file, tiny_dir, "--out", str(out), "--quiet", "--json")
-    real, calls = cli._align_batch, []
+    real, calls = cli.align._align_batch, []
 
     def crash_after_two_batches(*a, **k):
         calls.append(a[4])
@@ -122,9 +124,9 @@ def test_interrupted_run_resumes_and_redoes_truncated_and_corrupt_lines(referenc
             raise RuntimeError("simulated crash")
         return real(*a, **k)
 
-    monkeypatch.setattr(cli, "_align_batch", crash_after_two_batches)
+    monkeypatch.setattr(cli.align, "_align_batch", crash_after_two_batches)
     assert cli.main(argv) == 1
-    monkeypatch.setattr(cli, "_align_batch", real)
+    monkeypatch.setattr(cli.align, "_align_batch", real)
     capsys.readouterr()
     folder = distributed.parts_dir(out)
     assert not out.exists() and (folder / "manifest.json").is_file()

@@ -1,4 +1,4 @@
-"""The decode engine (fastalign/engine.py): one prefill per prompt forked to every rollout, decoding
+"""The decode engine (fastalign/engine/): one prefill per prompt forked to every rollout, decoding
 exactly like ``model.generate``, the lean loop's options (amortised EOS checks, compaction), eval mode,
 and the rejection of models it cannot decode."""
 from __future__ import annotations
@@ -11,9 +11,11 @@ import torch
 
 import _archs
 import _tiny
-from fastalign import encoding, engine
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
+from fastalign.engine import encoding
+from fastalign import engine
+import fastalign as fa
+from fastalign.methods.aisp import aisp_generate
+from fastalign.methods.bon import bon_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,7 +119,7 @@ def test_single_token_prompts_need_no_prefill():
 def _ending_rollouts(**kwargs):
     """4 sampled rollouts per prompt (hot temperature, fastalign stream) with five EOS ids, so they end
     at many different steps."""
-    from fastalign import sampling
+    from fastalign.engine import sampling
 
     model = _tiny.model("llama", seed=3)
     ids, mask = _prompts()
@@ -380,3 +382,39 @@ def test_captured_decode_step_on_a_gpu_matches_eager_and_is_timed(backend, capsy
     assert len(gpu) == 3 and all(r.reward_calls == 8 for r in gpu)
     with capsys.disabled():
         print(f"\ncaptured decode step ({backend}): {step_ms:.3f} ms for {ids.shape[0] * 4} rows")
+
+
+# --- the model's interface: resolved once per call, handed down ------------------------------------
+
+@pytest.mark.parametrize("method", ["aisp", "bon", "sea"])
+def test_each_call_resolves_the_model_interface_once(method, monkeypatch):
+    """A method call inspects the model's forward once (in its check); the prefill's prompt cache
+    carries the interface to every decode, the compiled step, the head norm and the metrics."""
+    from fastalign.engine import model as engine_model
+
+    calls = []
+    inner = engine_model._forward_params
+    monkeypatch.setattr(engine_model, "_forward_params", lambda m: calls.append(1) or inner(m))
+    model, tok = _tiny.model("llama"), _tiny.tokenizer()
+    common = dict(max_new_tokens=4, progress=False, metrics=True)
+    if method == "aisp":
+        res = fa.aisp_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), n=3, iterations=2,
+                               with_base=True, rel_sigma=0.1, **common)
+    elif method == "bon":
+        res = fa.bon_generate(model, tok, _tiny.PROMPTS[:2], _tiny.count_reward(), n=3, with_base=True, **common)
+    else:
+        res = fa.sea_generate(model, tok, _tiny.PROMPTS[:2], _tiny.SoftCountReward("w7"), chains=2, steps=2,
+                              backend="torch", **common)
+    assert len(res) == 2 and all("perplexity" in r.metrics for r in res)
+    assert len(calls) == 1
+
+
+def test_prompt_cache_carries_the_interface_it_was_made_with():
+    model, tok = _tiny.model("gpt2"), _tiny.tokenizer()
+    ids, mask = encoding.encode_prompts(tok, _tiny.PROMPTS[:2])
+    api = engine.model_interface(model)
+    pc = engine.prefill(model, ids, mask, api=api)
+    assert pc.api is api
+    assert engine.prefill(model, ids, mask).api == api  # resolved there when not given
+    short = engine.prefill(model, ids[:, -1:], mask[:, -1:], api=api)  # one-token prompts: no forward
+    assert short.cache is None and short.api is api

@@ -9,8 +9,8 @@ import torch
 
 import _tiny
 import fastalign.hf
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
+from fastalign.methods.aisp import aisp_generate
+from fastalign.methods.bon import bon_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,7 +143,7 @@ def test_the_hub_folder_loads_from_a_local_path_and_equals_the_callable(tmp_path
 
 
 def test_sea_as_a_custom_generate_callable_equals_sea_generate():
-    from fastalign.sea import sea_generate
+    from fastalign.methods.sea import sea_generate
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     inputs = _inputs(tok)
@@ -194,7 +194,7 @@ def test_a_row_past_the_context_is_refused_before_any_forward(method, kwargs):
 def test_truncate_prompt_keeps_each_rows_last_tokens():
     """truncate_prompt=True: the long row is read as its last 252 tokens (the answer equals generating
     from those ids), and the output row still starts with the prompt as given."""
-    from fastalign._context import PromptTruncatedWarning
+    from fastalign.engine._context import PromptTruncatedWarning
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     reward = _tiny.count_reward("w7")

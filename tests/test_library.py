@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign import library, ops
+from fastalign.ops import library
+from fastalign import ops
 from _util import FP32_TOL, assert_matches_reference, randn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -154,7 +155,7 @@ def test_opcheck_of_the_triton_op_variants_on_cuda():
 _TRACE_TRITON_OPS = r'''
 import json, torch
 import fastalign
-from fastalign import library
+from fastalign.ops import library
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch._subclasses.functional_tensor import dispatch_functionalize

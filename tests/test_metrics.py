@@ -1,4 +1,4 @@
-"""Text-quality metrics (fastalign.metrics) against hand-computed values, and on every method's results."""
+"""Text-quality metrics (fastalign.scoring.metrics) against hand-computed values, and on every method's results."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import _common, metrics
-from fastalign.aisp import aisp_generate
-from fastalign.bon import bon_generate
+from fastalign.methods import _common
+from fastalign.scoring import metrics
+from fastalign.methods.aisp import aisp_generate
+from fastalign.methods.bon import bon_generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from fastalign import models
+from fastalign.scoring import models
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import aisp, aisp_generate, bon_generate, engine
-from fastalign._common import EncodedPrompts
+from fastalign.methods import aisp
+from fastalign import aisp_generate, bon_generate, engine
+from fastalign.methods._common import EncodedPrompts
 
 
 def _teacher_forced_logprobs(model, prompt_ids: list[int], response: list[int]) -> list[float]:
@@ -101,7 +102,7 @@ def test_objective_is_reward_plus_kl_coef_times_mean_base_logprob(method):
 def test_a_large_kl_coef_picks_the_most_likely_sample():
     """With kl_coef far above the reward's range, Best-of-N returns the sample of highest mean base
     log-probability among those it drew (checked against every sample drawn)."""
-    from fastalign import bon
+    from fastalign.methods import bon
 
     model, tok = _tiny.model("llama"), _tiny.tokenizer()
     seen = []
@@ -220,7 +221,7 @@ def test_compiled_step_records_the_same_objective_as_eager():
 
 
 def test_health_numbers_of_a_result():
-    from fastalign.results import AlignResult, health
+    from fastalign.methods.results import AlignResult, health
 
     r = AlignResult(prompt="p", response="r", reward=0.5, method="aisp", trace_mean=[0.1, 0.2, 0.4, 0.9],
                     objective=0.3, extra={"iterations": 3, "control_norm": [0.1, 0.2, 0.25], "ess": [2.0, 3.0, 4.0]})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 
-from fastalign import _common, distributed
+from fastalign.methods import _common
+
+from fastalign import distributed
 from fastalign._progress import Progress
 
 

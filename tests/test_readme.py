@@ -57,7 +57,7 @@ def test_drop_in_example_runs_and_matches_the_reference(monkeypatch):
     """Run the README's first Python block as written (backend "auto": the cpu backend where it builds),
     recording each op call, and check every call's result against the reference on the same inputs."""
     import fastalign as fa
-    from fastalign import rng
+    from fastalign.backends import rng
 
     calls: dict[str, list] = {"aisp_perturb": [], "aisp_update": [], "sea_step": []}
     for name in calls:
@@ -105,8 +105,8 @@ def test_hugging_face_example_runs(monkeypatch, tmp_path):
     real embedded MiniLM."""
     pytest.importorskip("transformers")
     import _tiny
-    import fastalign.models
-    from fastalign.rewards import default_encoder_dir
+    import fastalign.scoring.models
+    from fastalign.scoring.rewards import default_encoder_dir
 
     try:
         default_encoder_dir()
@@ -114,7 +114,7 @@ def test_hugging_face_example_runs(monkeypatch, tmp_path):
         pytest.skip(f"embedded encoder unavailable: {exc}")
     monkeypatch.setenv("FASTALIGN_CACHE_DIR", str(tmp_path))  # SEA caches its vocabulary bridge
     monkeypatch.setenv("FASTALIGN_BACKEND", "torch")  # no cpu-extension build in that fresh cache folder
-    monkeypatch.setattr(fastalign.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
+    monkeypatch.setattr(fastalign.scoring.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
     scope: dict = {}
     exec(compile(_code_blocks("python")[1], "README.md", "exec"), scope)
     aisp_res, best = scope["res"], scope["best"]
@@ -148,9 +148,9 @@ def test_hugging_face_generate_example_runs(monkeypatch):
     """The README's generate block as written, with a tiny random Llama for the embedded SmolLM2: the
     callable and the Hub folder give the same ids, shaped like generate's output."""
     import _tiny
-    import fastalign.models
+    import fastalign.scoring.models
 
-    monkeypatch.setattr(fastalign.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
+    monkeypatch.setattr(fastalign.scoring.models, "load_default", lambda: (_tiny.model("llama"), _tiny.tokenizer()))
     block = next(b for b in _code_blocks("python") if "custom_generate=fastalign.hf.aisp" in b)
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign import backends, rng
+from fastalign import backends
+from fastalign.backends import rng
 
 F64 = torch.float64
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import models
-from fastalign.rewards import SequenceClassifierReward
+from fastalign.scoring import models
+from fastalign.scoring.rewards import SequenceClassifierReward
 
 
 def _save_classifier(path, num_labels=1):

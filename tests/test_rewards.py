@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import _tiny
-from fastalign import rewards
-from fastalign.rewards import (EmbeddingSimilarityReward, SequenceClassifierReward, VocabBridge, as_soft_reward,
+from fastalign.scoring import rewards
+from fastalign.scoring.rewards import (EmbeddingSimilarityReward, SequenceClassifierReward, VocabBridge, as_soft_reward,
                                special_token_frame)
 
 

@@ -1,4 +1,4 @@
-"""The random stream (fastalign.rng): known answers, an independent scalar model, and statistics."""
+"""The random stream (fastalign.backends.rng): known answers, an independent scalar model, and statistics."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from fastalign import rng
+from fastalign.backends import rng
 
 I64 = torch.int64
 

@@ -8,9 +8,9 @@ import torch
 
 import _tiny
 import fastalign as fa
-from fastalign.results import AlignResult
-from fastalign.rewards import SequenceClassifierReward
-from fastalign.sea import (BaseLM, SeaSettings, decode_tokens, energy_and_grad, noise_schedule, sea_generate,
+from fastalign.methods.results import AlignResult
+from fastalign.scoring.rewards import SequenceClassifierReward
+from fastalign.methods.sea import (BaseLM, SeaSettings, decode_tokens, energy_and_grad, noise_schedule, sea_generate,
                            soft_tokens)
 
 
@@ -168,7 +168,7 @@ class _NaNReward(_tiny.SoftCountReward):
 
 # ------------------------------------------------------------------ issue 14: the phases and options
 def _encoded(model, tok, prompts):
-    from fastalign import _common
+    from fastalign.methods import _common
 
     return _common.EncodedPrompts.from_texts(model, tok, prompts, chat_template=False, device=torch.device("cpu"))
 

@@ -66,10 +66,10 @@ def test_import_fastalign_is_standard_library_only():
     assert "torch" not in loaded and not _heavy(loaded)
 
 
-@pytest.mark.parametrize("module", ["fastalign", "fastalign.ops", "fastalign.library", "fastalign.aisp",
-                                    "fastalign.sea", "fastalign.bon", "fastalign.engine", "fastalign.hf",
-                                    "fastalign.rewards", "fastalign.models", "fastalign.distributed",
-                                    "fastalign.check", "fastalign.backends.cpu"])
+@pytest.mark.parametrize("module", ["fastalign", "fastalign.ops", "fastalign.ops.library", "fastalign.methods.aisp",
+                                    "fastalign.methods.sea", "fastalign.methods.bon", "fastalign.engine", "fastalign.hf",
+                                    "fastalign.scoring.rewards", "fastalign.scoring.models", "fastalign.distributed",
+                                    "fastalign.ops.check", "fastalign.backends.cpu"])
 def test_no_dynamo_triton_transformers_or_benchmarks_until_used(module):
     # touching a public name loads the ops (and torch), as the first real use would
     loaded = _loaded_after(f"import {module}\nimport fastalign\nfastalign.aisp_perturb, fastalign.aisp_generate")
@@ -94,16 +94,16 @@ PUBLIC_PATHS = [
     ("fastalign", "aisp_perturb"), ("fastalign", "aisp_update"), ("fastalign", "available_backends"),
     ("fastalign", "gaussian_perturb"), ("fastalign", "importance_weights"), ("fastalign", "sea_step"),
     ("fastalign.ops", "aisp_perturb"), ("fastalign.ops", "aisp_update"), ("fastalign.ops", "sea_step"),
-    ("fastalign.ops", "gaussian_perturb"), ("fastalign.library", "OPS"), ("fastalign.rng", "normal"),
+    ("fastalign.ops", "gaussian_perturb"), ("fastalign.ops.library", "OPS"), ("fastalign.backends.rng", "normal"),
     ("fastalign.errors", "InputError"), ("fastalign.errors", "InputTypeError"),
-    ("fastalign.models", "load_default"), ("fastalign.rewards", "EmbeddingSimilarityReward"),
-    ("fastalign.rewards", "SequenceClassifierReward"), ("fastalign.rewards", "default_encoder_dir"),
-    ("fastalign.metrics", None), ("fastalign.hf", "aisp"), ("fastalign.hf", "bon"), ("fastalign.hf", "sea"),
+    ("fastalign.scoring.models", "load_default"), ("fastalign.scoring.rewards", "EmbeddingSimilarityReward"),
+    ("fastalign.scoring.rewards", "SequenceClassifierReward"), ("fastalign.scoring.rewards", "default_encoder_dir"),
+    ("fastalign.scoring.metrics", None), ("fastalign.hf", "aisp"), ("fastalign.hf", "bon"), ("fastalign.hf", "sea"),
     ("fastalign.hf", "hub_dir"), ("fastalign.distributed", "align_file"), ("fastalign.distributed", "init"),
-    ("fastalign.sampling", "stream_seeds"), ("fastalign.engine", "decode"), ("fastalign.results", "AlignResult"),
+    ("fastalign.engine.sampling", "stream_seeds"), ("fastalign.engine", "decode"), ("fastalign.methods.results", "AlignResult"),
     ("fastalign.backends", "BackendUnavailableError"), ("fastalign.kernels.aisp_perturb", None),
-    ("fastalign.cli", "main"), ("fastalign.aisp", "aisp_generate"), ("fastalign.sea", "sea_generate"),
-    ("fastalign.bon", "bon_generate"),
+    ("fastalign.cli", "main"), ("fastalign.methods.aisp", "aisp_generate"), ("fastalign.methods.sea", "sea_generate"),
+    ("fastalign.methods.bon", "bon_generate"),
 ]
 
 
@@ -116,11 +116,12 @@ def test_documented_import_paths(module, attribute):
 
 def test_lazy_names_are_the_defining_modules_objects():
     import fastalign
-    from fastalign import aisp, ops, results
+    from fastalign.methods import aisp, results
+    from fastalign import ops
 
     assert fastalign.aisp_perturb is ops.aisp_perturb and fastalign.aisp_generate is aisp.aisp_generate
     assert fastalign.AlignResult is results.AlignResult
     assert set(fastalign.__all__) <= set(dir(fastalign))
-    assert fastalign.rewards is importlib.import_module("fastalign.rewards")  # a submodule by attribute
+    assert fastalign.scoring.rewards is importlib.import_module("fastalign.scoring.rewards")  # a submodule by attribute
     with pytest.raises(AttributeError, match="no_such_name"):
         fastalign.no_such_name

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign import rng
+from fastalign.backends import rng
 
 pytest.importorskip("triton")
 
@@ -131,7 +131,7 @@ def test_gaussian_perturb_and_sea_update_do_not_depend_on_tile_size(V, step):
     for other, (m, v) in zip(upd[1:], moments[1:]):
         assert bits_equal(other, upd[0])
         assert bits_equal(m, moments[0][0]) and bits_equal(v, moments[0][1])
-    # and the numbers are the stream's (spot check against fastalign.rng)
+    # and the numbers are the stream's (spot check against fastalign.backends.rng)
     k = step * L * V + torch.arange(L * V, dtype=I64)
     xi = torch.stack([rng.normal(s, k) for s in (3, 2**33)]).view(B, L, V)
     torch.testing.assert_close(gp[0].cpu(), y.cpu() + 0.7 * xi, rtol=0, atol=3e-6)

@@ -1,7 +1,7 @@
 """The fastalign stream IS Triton's ``tl.randint4x`` / ``tl.rand4x`` / ``tl.randn4x`` layout.
 
 A tiny Triton kernel evaluates Triton's own generators on counter blocks ``c`` (int64, as the fastalign
-kernels pass them) under seeds read from an int64 tensor; ``fastalign.rng`` (pure torch) must give
+kernels pass them) under seeds read from an int64 tensor; ``fastalign.backends.rng`` (pure torch) must give
 the same words and uniforms bit for bit, and the same normals within 2e-6, for small values and for
 seeds/offsets above 2**32. Runs compiled on a GPU, or in the Triton interpreter on CPU
 (tests/conftest.py sets ``TRITON_INTERPRET=1`` before triton is imported when there is no GPU).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastalign import rng
+from fastalign.backends import rng
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")

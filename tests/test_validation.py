@@ -590,8 +590,8 @@ def test_outputs_never_require_grad():
 
 # ----------------------------------------------------------------------------- algorithm entry points
 # Bad arguments to aisp_generate / sea_generate / bon_generate raise before the model runs once. The
-# model's forward is wrapped with a counter to prove it. (Their validation lives in fastalign/aisp.py,
-# sea.py, bon.py and fastalign/_common.py.)
+# model's forward is wrapped with a counter to prove it. (Their validation lives in fastalign/methods/aisp.py,
+# sea.py, bon.py and fastalign/methods/_common.py.)
 
 ALGO_CASES = [
     ("aisp", dict(n=0), ValueError, "n"),
@@ -660,13 +660,13 @@ def _algo_call(algo, model, tok, reward, overrides):
     prompts = kw.pop("prompts", ["w1 w2"])
     reward = kw.pop("reward", reward)
     if algo == "aisp":
-        from fastalign.aisp import aisp_generate as fn
+        from fastalign.methods.aisp import aisp_generate as fn
         base = dict(n=2, iterations=1, max_new_tokens=3)
     elif algo == "sea":
-        from fastalign.sea import sea_generate as fn
+        from fastalign.methods.sea import sea_generate as fn
         base = dict(steps=1, max_new_tokens=3)
     else:
-        from fastalign.bon import bon_generate as fn
+        from fastalign.methods.bon import bon_generate as fn
         base = dict(n=2, max_new_tokens=3)
     return fn(model, tok, prompts, reward, **{**base, "progress": False, **kw})
 
@@ -692,7 +692,7 @@ def test_algorithm_valid_calls_run(tiny_lm):
 # ------------------------------------------------------------------ prompts past the model's context
 # The tiny llama's context is 256 positions (max_position_embeddings). A prompt whose own tokens +
 # max_new_tokens exceed it is refused before any forward, naming the prompt, its count and the limit;
-# truncate_prompt=True keeps its last tokens instead (fastalign/_context.py).
+# truncate_prompt=True keeps its last tokens instead (fastalign/engine/_context.py).
 LONG = " ".join(f"w{i % 61}" for i in range(300))  # 300 tokens with the tiny word tokenizer
 
 
@@ -732,7 +732,7 @@ def test_truncate_prompt_keeps_the_last_tokens_and_equals_the_cut_prompt_run_dir
     """truncate_prompt=True: a warning names the prompt and the counts; the prompt aligned is the original's
     last 256 - max_new_tokens tokens (in the result's extra; its prompt stays the one given); the answer
     equals aligning that cut text directly."""
-    from fastalign._context import PromptTruncatedWarning
+    from fastalign.engine._context import PromptTruncatedWarning
 
     model, tok, reward, _ = tiny_lm
     with pytest.warns(PromptTruncatedWarning, match=r"prompts\[1\]: truncated from the left to its last 252 of 300"):
@@ -754,7 +754,7 @@ def test_truncate_prompt_leaves_the_chat_template_whole():
     import copy
 
     import _tiny
-    from fastalign import encoding
+    from fastalign.engine import encoding
 
     tok = copy.deepcopy(_tiny.tokenizer())
     tok.chat_template = "w60 {% for m in messages %}{{ m['content'] }}{% endfor %} w59 w58"
@@ -795,7 +795,7 @@ def _config(**kw):
 ])
 def test_context_limit_rules(make, tokens, source):
     pytest.importorskip("transformers")
-    from fastalign._context import context_limit
+    from fastalign.engine._context import context_limit
 
     limit = context_limit(make())
     assert limit.tokens == tokens and source in limit.source, limit
@@ -804,7 +804,7 @@ def test_context_limit_rules(make, tokens, source):
 def test_models_without_a_limit_take_any_prompt():
     import transformers
 
-    from fastalign._context import check_prompt_lengths, context_limit
+    from fastalign.engine._context import check_prompt_lengths, context_limit
 
     assert context_limit(transformers.MambaConfig()) is None and context_limit(None) is None
     assert check_prompt_lengths([10**6], None, 10**6) == [None]
@@ -818,7 +818,8 @@ def test_input_error_types_are_value_and_type_errors():
     assert (errors.InputError, errors.InputTypeError) == (fa.InputError, fa.InputTypeError)
 
 
-@pytest.mark.parametrize("module", ["_validate", "_inputs", "_context", "_common", "encoding", "sampling"])
+@pytest.mark.parametrize("module", ["ops._validate", "cli._inputs", "engine._context", "methods._common", "engine.encoding",
+                                    "engine.sampling"])
 def test_validation_modules_raise_only_fastalign_input_errors(module):
     """Every raise of a module whose job is validation is bad input (a plain ValueError there would read
     as a bug to the command line: exit 1 with a traceback)."""

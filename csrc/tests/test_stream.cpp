@@ -4,7 +4,7 @@
 //   1. checks the published Random123 known-answer vectors of Philox4x32 (10 rounds, and 7 rounds on
 //      the pi-digits input), exiting non-zero on a mismatch;
 //   2. prints stream values for seeds/offsets (incl. > 2^32) that the pytest compares with
-//      fastalign.rng:  "W seed k word" / "U seed k uniform_bits" / "N seed k normal" (libm) /
+//      fastalign.backends.rng:  "W seed k word" / "U seed k uniform_bits" / "N seed k normal" (libm) /
 //      "P seed k normal" (the polynomials of fastalign/box_muller_poly.h, scalar).
 #include <stdint.h>
 #include <stdio.h>

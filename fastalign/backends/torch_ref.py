@@ -1,6 +1,6 @@
 """The reference backend (``backend="torch"``): docs/design.md#ops written plainly in PyTorch.
 
-It is the ground truth of the test suite. Noise comes from :mod:`fastalign.rng` (Philox in int64
+It is the ground truth of the test suite. Noise comes from :mod:`fastalign.backends.rng` (Philox in int64
 arithmetic), math runs in ``compute_dtype`` (float32 by default, float64 for the exact truth the
 other backends are judged against). It favours clarity over speed, but never materialises a
 ``[B, n, tau, d]`` noise tensor: the AISP passes loop over the horizon.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fastalign import rng
+from fastalign.backends import rng
 
 
 def is_available(device_type: str) -> str | None:

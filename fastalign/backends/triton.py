@@ -42,7 +42,7 @@ def _kernels(name: str):
 
 
 # ``traceable=True`` launches every kernel through ``torch.library.wrap_triton`` (for the
-# ``torch.library.triton_op`` variants of fastalign.library; see :data:`TRACEABLE`).
+# ``torch.library.triton_op`` variants of fastalign.ops.library; see :data:`TRACEABLE`).
 
 
 def aisp_perturb(h, u, out, *, sigma, seed, iteration, step, udot, active, traceable=False) -> None:

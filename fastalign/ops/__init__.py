@@ -6,7 +6,7 @@ tensor, counters as int64 ``[1]`` tensors, all on the input's device), picks a b
 whatever the storage dtype (float32, bfloat16, float16); outputs keep the input dtype. Inputs are
 never modified, except ``out=``, ``udot=`` (AISP perturb accumulates into it) and ``state=``.
 
-Eager calls run the backend directly (:mod:`fastalign.library`'s ``run_*`` functions, no dispatcher).
+Eager calls run the backend directly (:mod:`fastalign.ops.library`'s ``run_*`` functions, no dispatcher).
 While torch.compile traces (``torch.compiler.is_compiling()``), an op checks what the metadata tells
 (types, shapes, dtypes, devices, Python numbers) and records the operator ``torch.ops.fastalign.<op>``
 (``<op>_triton`` for the triton backend on CUDA); checks that read tensor values or addresses (NaN
@@ -21,12 +21,12 @@ import math
 
 import torch
 
-from fastalign import _validate as V
+from fastalign.ops import _validate as V
 from fastalign import backends as _backends
-from fastalign import library as _library
+from fastalign.ops import library as _library
 from fastalign._clip import CLIP_GROUPS
 from fastalign.errors import InputError, InputTypeError
-from fastalign.library import importance_weights
+from fastalign.ops.library import importance_weights
 
 __all__ = ["aisp_perturb", "aisp_update", "sea_step", "gaussian_perturb", "available_backends",
            "importance_weights"]

@@ -18,7 +18,7 @@ Mechanics:
   for the update (steps after it contributed nothing). State is O(B * tau * d): there is never a
   ``[B, n, tau, d]`` noise tensor.
 * Seeds: each prompt's stream seed is derived from ``(seed, prompt text)`` with a stable hash
-  (:func:`fastalign.sampling.stream_seeds`), so a prompt gives the same response alone or inside any
+  (:func:`fastalign.engine.sampling.stream_seeds`), so a prompt gives the same response alone or inside any
   batch, whatever its position. ``seed`` may also be a list with one int per prompt.
 
 Defaults and where each comes from (one rule for every prompt and reward, nothing tuned per prompt;
@@ -62,10 +62,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fastalign import _common, encoding, engine, ops, sampling
+from fastalign.methods import _common
+
+from fastalign.engine import encoding, sampling
+
+from fastalign import engine, ops
 from fastalign.errors import InputError
-from fastalign.results import BestSoFar, fmt
-from fastalign.rewards import call_reward
+from fastalign.methods.results import BestSoFar, fmt
+from fastalign.scoring.rewards import call_reward
 
 __all__ = ["aisp_generate", "run", "AispSettings", "resolve_sigma", "resolve_noise", "noise_stds", "clamp_control",
            "control_health", "standardize_rewards", "DEFAULT_SIGMA", "DEFAULT_VARIANCE", "DEFAULT_REL_SIGMA",
@@ -294,7 +298,7 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
         tokenizer: its tokenizer. Prompts go through its chat template when it has one
             (``chat_template=False`` to feed raw text).
         prompts: a string or a list of B strings.
-        reward: ``reward(prompts, responses) -> [N]`` (see :mod:`fastalign.rewards`).
+        reward: ``reward(prompts, responses) -> [N]`` (see :mod:`fastalign.scoring.rewards`).
         n: rollouts per prompt and iteration (paper: 32).
         iterations: K, number of importance-sampling iterations (paper: 32).
         sigma: absolute noise **std** on the pre-logits (the paper's form; not together with ``variance`` or
@@ -333,19 +337,19 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
             cache, ``torch.compile(fullgraph=True)`` of the forward with the fused op inside, replayed as a
             CUDA graph on a GPU). Pays a compilation once per call; the tokens equal the eager ones up to
             rounding of the compiled kernels.
-        metrics: attach text-quality metrics to each result (:mod:`fastalign.metrics`: base-model
+        metrics: attach text-quality metrics to each result (:mod:`fastalign.scoring.metrics`: base-model
             perplexity of the best and the greedy response, coherence, distinct-2/3 over every scored
             candidate).
         progress: one line per iteration on stderr.
         truncate_prompt: a prompt whose tokens (chat template included) + ``max_new_tokens`` exceed the
-            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign._context`)
+            model's context (``max_position_embeddings`` or its equivalent, see :mod:`fastalign.engine._context`)
             raises ValueError before any forward; True instead keeps the prompt's last tokens that fit
             (the template stays whole) and warns (``PromptTruncatedWarning``); the result's ``prompt`` stays
             the prompt as given, its ``extra`` holds ``truncated_prompt`` (the text the model read),
             ``prompt_tokens`` and ``prompt_tokens_kept``.
 
     Returns:
-        :class:`fastalign.results.AlignResult` for a single prompt string, else a list of them (one per
+        :class:`fastalign.methods.results.AlignResult` for a single prompt string, else a list of them (one per
         prompt): best response over every candidate (by the objective when ``kl_coef > 0``), its raw reward
         and objective, the per-round reward trace (mean and max over each round's candidates),
         ``reward_calls = n * iterations + mean_rollout + final_samples``, wall-clock; ``extra`` holds the
@@ -359,12 +363,10 @@ def aisp_generate(model, tokenizer, prompts, reward, *, n: int = 32, iterations:
                                   horizon=horizon, max_new_tokens=max_new_tokens, normalize_rewards=normalize_rewards,
                                   mean_rollout=mean_rollout, final_samples=final_samples, seed=seed, backend=backend,
                                   compile=compile)
-    device = _common.check_model_and_reward(model, reward, backend)
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
-                                                max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
+    encoded = _common.encode_call(model, tokenizer, prompts, reward, backend, chat_template=chat_template,
+                                  max_new_tokens=settings.max_new_tokens, truncate_prompt=truncate_prompt)
     results = run(model, tokenizer, encoded, reward, settings, with_base=with_base, progress=progress, metrics=metrics)
-    _common.report_truncated(results, encoded)  # each result's prompt as given
-    return results[0] if single else results
+    return _common.call_results(results, encoded, single)
 
 
 def _iteration_line(it: int, iterations: int, best: BestSoFar, rel, ess, seconds: float) -> str:
@@ -394,7 +396,7 @@ def _final_candidates(model, encoded, u, sigmas, seeds, st: AispSettings, score,
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, settings: AispSettings, *, with_base: bool = False,
         progress: bool = True, metrics: bool = True) -> list:
     """AISP on already encoded prompts (what :func:`aisp_generate` and :mod:`fastalign.hf` share): one
-    :class:`~fastalign.results.AlignResult` per prompt."""
+    :class:`~fastalign.methods.results.AlignResult` per prompt."""
     st = settings
     head = engine.output_head(model)
     device = engine.head_device(model)  # control and noise live where the head computes

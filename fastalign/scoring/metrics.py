@@ -10,7 +10,7 @@ repeats the target's words), so every method also reports, per prompt:
   more fluent; compare a method's value with its ``base_perplexity``.
 * ``coherence``: cosine similarity of the prompt's and the response's sentence embeddings (mean-pooled,
   L2-normalised all-MiniLM-L6-v2, as in the ARGS / AISP papers' tables). The reward's own encoder is
-  reused when the reward is an :class:`~fastalign.rewards.EmbeddingSimilarityReward` (anything with an
+  reused when the reward is an :class:`~fastalign.scoring.rewards.EmbeddingSimilarityReward` (anything with an
   ``embed(texts) -> [N, d]`` method); otherwise the embedded all-MiniLM-L6-v2 is loaded once per process,
   and the metric is left out where that package is not installed.
 * ``distinct_2`` / ``distinct_3``: distinct n-grams over all n-grams of the prompt's candidates (every
@@ -34,7 +34,7 @@ __all__ = ["mean_logprobs", "perplexities", "coherence", "distinct_n", "text_enc
 
 @torch.no_grad()
 def mean_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[int],
-                  responses: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
+                  responses: Sequence[Sequence[int]], *, batch_size: int = 8, api=None) -> list[float]:
     """``mean_t log p(response_t | prompt, response_<t)`` of each response under ``model``, from one
     teacher-forced forward per batch of responses.
 
@@ -42,11 +42,12 @@ def mean_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         input_ids, attention_mask: ``[B, P]`` left-padded prompts (as the method encoded them).
         rows: for each response, the index of its prompt in ``input_ids``.
         responses: token ids of each response (EOS excluded); an empty response gives NaN.
+        api: the model's :class:`~fastalign.engine.ModelInterface` when the caller has it (else resolved here).
     Returns: one float per response (a float32 value).
     """
     from fastalign import engine
 
-    api = engine.model_interface(model)
+    api = api or engine.model_interface(model)
     out = [math.nan] * len(responses)
     todo = [i for i, r in enumerate(responses) if len(r) > 0]
     device = input_ids.device
@@ -73,11 +74,11 @@ def mean_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 
 
 def perplexities(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: Sequence[int],
-                 responses: Sequence[Sequence[int]], *, batch_size: int = 8) -> list[float]:
+                 responses: Sequence[Sequence[int]], *, batch_size: int = 8, api=None) -> list[float]:
     """``exp(mean NLL)`` of each response under ``model`` given its prompt (arguments as for
     :func:`mean_logprobs`; an empty response gives NaN)."""
     return [float(torch.exp(torch.tensor(-lp, dtype=torch.float32)))
-            for lp in mean_logprobs(model, input_ids, attention_mask, rows, responses, batch_size=batch_size)]
+            for lp in mean_logprobs(model, input_ids, attention_mask, rows, responses, batch_size=batch_size, api=api)]
 
 
 @torch.no_grad()
@@ -98,7 +99,7 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 @functools.lru_cache(maxsize=1)
 def _default_encoder():
     try:
-        from fastalign.rewards import EmbeddingSimilarityReward
+        from fastalign.scoring.rewards import EmbeddingSimilarityReward
 
         return EmbeddingSimilarityReward("text")  # only its encoder is used
     except Exception:  # the embedded encoder package (or transformers) is not installed
@@ -114,13 +115,14 @@ def text_encoder(reward):
 
 
 def attach(results, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, reward, *,
-           base_ids: Sequence[Sequence[int]] | None = None, candidates: Sequence[Sequence[str]] | None = None) -> None:
-    """Fill ``results[b].metrics`` (one :class:`~fastalign.results.AlignResult` per prompt ``b`` of
+           base_ids: Sequence[Sequence[int]] | None = None, candidates: Sequence[Sequence[str]] | None = None,
+           api=None) -> None:
+    """Fill ``results[b].metrics`` (one :class:`~fastalign.methods.results.AlignResult` per prompt ``b`` of
     ``input_ids``): perplexity (and base_perplexity with ``base_ids``), coherence, distinct_2/3 over
     ``candidates[b]`` (the prompt's scored responses; default: the result's response alone)."""
     B = len(results)
     seqs = [r.response_ids for r in results] + (list(base_ids) if base_ids is not None else [])
-    ppl = perplexities(model, input_ids, attention_mask, [b % B for b in range(len(seqs))], seqs)
+    ppl = perplexities(model, input_ids, attention_mask, [b % B for b in range(len(seqs))], seqs, api=api)
     encoder = text_encoder(reward)
     coh = coherence(encoder, [r.prompt for r in results], [r.response for r in results]) if encoder else None
     for b, res in enumerate(results):

@@ -424,7 +424,7 @@ def load_reward(name_or_path: str | None = None, *, target: str = DEFAULT_TARGET
     if not isinstance(target, str) or not target.strip():
         raise InputError("target: expected a non-empty description of the wanted response")
     encoder, tokenizer = load_embedding_model(name_or_path, device=device)
-    from fastalign.rewards import EmbeddingSimilarityReward
+    from fastalign.scoring.rewards import EmbeddingSimilarityReward
 
     return EmbeddingSimilarityReward(target, model=encoder, tokenizer=tokenizer)
 
@@ -466,12 +466,12 @@ def check_reward_model(name_or_path: str, *, label_index: int | None = None, wha
 
 
 def load_reward_model(name_or_path: str, *, label_index: int | None = None, device=None):
-    """A :class:`fastalign.rewards.SequenceClassifierReward` on any ``AutoModelForSequenceClassification``
+    """A :class:`fastalign.scoring.rewards.SequenceClassifierReward` on any ``AutoModelForSequenceClassification``
     (local directory or hub id available offline): the logit of ``label_index`` (or the scalar head)."""
     check_reward_model(name_or_path, label_index=label_index)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fastalign.rewards import SequenceClassifierReward
+    from fastalign.scoring.rewards import SequenceClassifierReward
 
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

@@ -13,8 +13,8 @@ __all__ = ["AlignResult", "BestSoFar", "health", "fmt", "fmt_metrics"]
 
 @dataclass
 class AlignResult:
-    """What :func:`~fastalign.aisp.aisp_generate`, :func:`~fastalign.sea.sea_generate` and
-    :func:`~fastalign.bon.bon_generate` return for one prompt.
+    """What :func:`~fastalign.methods.aisp.aisp_generate`, :func:`~fastalign.methods.sea.sea_generate` and
+    :func:`~fastalign.methods.bon.bon_generate` return for one prompt.
 
     Attributes:
         prompt: the prompt as given (before any chat template).
@@ -22,7 +22,7 @@ class AlignResult:
         reward: its raw reward (as returned by the reward callable).
         objective: what the method maximised when it was not the raw reward: ``reward + kl_coef *
             mean_t log p_base(y_t | prompt, y_<t)`` with ``kl_coef > 0`` (see
-            :func:`fastalign.aisp.aisp_generate`); None when the method maximised the raw reward.
+            :func:`fastalign.methods.aisp.aisp_generate`); None when the method maximised the raw reward.
         method: ``"aisp"``, ``"sea"`` or ``"bon"``.
         trace_mean, trace_max: reward of the responses evaluated in each iteration (AISP: an
             iteration of n rollouts; Best-of-N: a round of rollouts decoded together; SEA: a
@@ -35,7 +35,7 @@ class AlignResult:
         base_response, base_reward: the unaligned reference response (greedy for AISP/Best-of-N when
             asked for with ``with_base=True``; the sampled initial response for SEA) and its reward.
         extra: method-specific traces (SEA: ``energy``, ``soft_reward``, ``fluency``, ``grad_norm``).
-        metrics: text-quality metrics (:mod:`fastalign.metrics`): ``perplexity`` (base model, given the
+        metrics: text-quality metrics (:mod:`fastalign.scoring.metrics`): ``perplexity`` (base model, given the
             prompt), ``base_perplexity`` (of ``base_response``, where there is one), ``coherence``
             (prompt-response embedding cosine), ``distinct_2`` / ``distinct_3`` (over the prompt's
             candidates); empty when the method ran with ``metrics=False``.

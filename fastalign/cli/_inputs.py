@@ -15,7 +15,7 @@ is a probe in the output folder, removed at once.
   matplotlib writes.
 * folders read (``bench --compare-with``): exists, is a folder holding a fastalign checkout.
 * prompts (``align``): each prompt's token count (chat template included) + ``--max-new-tokens``
-  within the model's context, read from its config and tokenizer only (:mod:`fastalign._context`).
+  within the model's context, read from its config and tokenizer only (:mod:`fastalign.engine._context`).
 """
 from __future__ import annotations
 
@@ -186,8 +186,9 @@ def check_align_prompts(items: list[dict], model: str | None, max_new_tokens: in
                         prompts_file: str | None = None) -> list[str]:
     """Every prompt's tokens + ``max_new_tokens`` within the context of ``model`` (its tokenizer and
     config only, no weights): ValueError naming the first that is not; with ``truncate``, one note per
-    prompt that will be cut (the methods cut it, :func:`fastalign.encoding.truncate_prompt`)."""
-    from fastalign import _context, encoding, models
+    prompt that will be cut (the methods cut it, :func:`fastalign.engine.encoding.truncate_prompt`)."""
+    from fastalign.engine import _context, encoding
+    from fastalign.scoring import models
 
     tokenizer, config = models.load_tokenizer_and_config(model)
     limit = _context.context_limit(config)

@@ -11,7 +11,7 @@ over ``y`` with the fused :func:`fastalign.ops.sea_step` (gradient clipping + Ad
   their straight-through form (``"straight_through"``, the paper; COLD's sharpened ``y / 0.001``
   input): the forward sees the one-hot ``argmax(y)``, the backward the softmax's gradient. The LM
   input is ``(q @ E) * scale``.
-* ``r_soft`` is the reward made differentiable (:func:`fastalign.rewards.as_soft_reward`), reading ``q``
+* ``r_soft`` is the reward made differentiable (:func:`fastalign.scoring.rewards.as_soft_reward`), reading ``q``
   (``reward_input="tokens"``) or ``softmax(y / reward_temp)`` (``"soft"``, the SEA authors').
 * ``fluency`` compares ``softmax(y_l / soft_temp)`` with the base LM's next-token distribution
   ``p_LM(. | prompt, tokens_<l)``: COLD's forward cross-entropy ``-sum_v p_LM(v) log softmax(y_l)(v)``
@@ -33,7 +33,7 @@ with where it comes from); an option given explicitly overrides the preset.
 Phases (each a function, testable alone): :func:`initial_samples` (a base-model sample per chain and the
 logits along it: ``y``'s start), :func:`soft_tokens` + :class:`BaseLM` + :func:`energy_and_grad`
 (the energy and its gradient), :func:`update` (the step), :func:`decode_tokens` /
-:func:`decode_parallel` (decoding), :class:`BestIterate` and the scoring in :func:`run`. The prompts are prefilled once (:class:`fastalign._common.EncodedPrompts`) and
+:func:`decode_parallel` (decoding), :class:`BestIterate` and the scoring in :func:`run`. The prompts are prefilled once (:class:`fastalign.methods._common.EncodedPrompts`) and
 their cache forked to the chains for the initial samples, every LM forward of the energy and the
 ``lm_topk`` decoding.
 
@@ -56,10 +56,14 @@ from dataclasses import dataclass
 
 import torch
 
-from fastalign import _common, encoding, engine, ops, sampling
+from fastalign.methods import _common
+
+from fastalign.engine import encoding, sampling
+
+from fastalign import engine, ops
 from fastalign.errors import InputError
-from fastalign.results import AlignResult, fmt
-from fastalign.rewards import as_soft_reward, call_reward
+from fastalign.methods.results import AlignResult, fmt
+from fastalign.scoring.rewards import as_soft_reward, call_reward
 
 __all__ = ["sea_generate", "run", "SeaSettings", "PRESETS", "FASTALIGN", "AUTHORS", "UNSET", "noise_schedule",
            "initial_samples", "soft_tokens", "BaseLM", "energy_and_grad", "update", "decode_tokens",
@@ -263,10 +267,10 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
     authors: z" names both presets' values.
 
     Args:
-        model, tokenizer, prompts: as in :func:`fastalign.aisp.aisp_generate`.
+        model, tokenizer, prompts: as in :func:`fastalign.methods.aisp.aisp_generate`.
         reward: the string reward ``reward(prompts, responses) -> [N]``, used to score decoded
             responses; unless ``soft_reward`` is given it must also provide the differentiable form
-            (``reward.soft_reward_fn(model, tokenizer)``, see :func:`fastalign.rewards.as_soft_reward`).
+            (``reward.soft_reward_fn(model, tokenizer)``, see :func:`fastalign.scoring.rewards.as_soft_reward`).
         preset: ``"fastalign"`` or ``"authors"``.
         chains: chains per prompt, each from its own base sample (4; the paper's ablation finds 1 chain
             clearly worse).
@@ -323,16 +327,16 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
         soft_reward: the differentiable reward ``soft(prompts, probs [N, L, V], lengths [N]) -> [N]``.
         seed: int or one int per prompt; chain c of a prompt hashes (seed, prompt, c).
         kl_coef: rank iterates and chains by ``reward + kl_coef * mean_t log p_base(y_t | x, y_<t)`` (the
-            objective of :func:`fastalign.aisp.aisp_generate`; the log-probabilities come from the LM
+            objective of :func:`fastalign.methods.aisp.aisp_generate`; the log-probabilities come from the LM
             forwards the decoding already ran); 0: by the raw reward.
         backend: fused-op backend for ``sea_step`` / ``gaussian_perturb``.
-        metrics: attach text-quality metrics (:mod:`fastalign.metrics`; distinct-n over the chains' answers).
+        metrics: attach text-quality metrics (:mod:`fastalign.scoring.metrics`; distinct-n over the chains' answers).
         progress: a line per evaluation on stderr.
         truncate_prompt: what a prompt past the model's context does: raise before any forward (False)
-            or keep its last tokens that fit, with a warning (see :func:`fastalign.aisp.aisp_generate`).
+            or keep its last tokens that fit, with a warning (see :func:`fastalign.methods.aisp.aisp_generate`).
 
     Returns:
-        :class:`fastalign.results.AlignResult` (a list for a list of prompts): the answer of the prompt's
+        :class:`fastalign.methods.results.AlignResult` (a list for a list of prompts): the answer of the prompt's
         best (finite) chain, its reward, ``base_response`` / ``base_reward`` (the first chain's sampled
         initial response), the decoded-reward trace (mean/max over chains per evaluation) and in ``extra``:
         ``energy``, ``soft_reward``, ``fluency`` (mean over finite chains per step, at the evaluation
@@ -354,14 +358,12 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
                            lm_input=lm_input, decoding=decoding, decode_topk=decode_topk, select=select,
                            eval_every=eval_every, patience=patience, max_new_tokens=max_new_tokens, seed=seed,
                            backend=backend, kl_coef=kl_coef)
-    device = _common.check_model_and_reward(model, reward, backend)
+    encoded = _common.encode_call(model, tokenizer, prompts, reward, backend, chat_template=chat_template,
+                                  max_new_tokens=st.max_new_tokens, truncate_prompt=truncate_prompt)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
-    encoded = _common.EncodedPrompts.from_texts(model, tokenizer, prompts, chat_template=chat_template, device=device,
-                                                max_new_tokens=st.max_new_tokens, truncate_prompt=truncate_prompt)
     soft = soft_reward if soft_reward is not None else as_soft_reward(reward, model, tokenizer)
     results = run(model, tokenizer, encoded, reward, soft, st, metrics=metrics, progress=progress)
-    _common.report_truncated(results, encoded)  # each result's prompt as given
-    return results[0] if single else results
+    return _common.call_results(results, encoded, single)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,9 +441,9 @@ class BaseLM:
     def __init__(self, model, encoded: _common.EncodedPrompts, chains: int, resp_mask: torch.Tensor,
                  device: torch.device):
         self.model, self.chains, self.device = model, chains, device
-        self.api = engine.model_interface(model)
+        prompt_cache = encoded.prefill(model).prompt_cache
+        self.api, self.cache = prompt_cache.api, prompt_cache.cache
         self.E, self.scale = engine.input_embedding(model)
-        self.cache = encoded.prefill(model).prompt_cache.cache
         ids = encoded.input_ids.repeat_interleave(chains, dim=0)
         in_dev = ids.device
         with torch.no_grad():
@@ -776,7 +778,7 @@ class BestIterate:
 
 def _goal(r: torch.Tensor, mean_logprob, kl_coef: float) -> torch.Tensor:
     """What ranks iterates and chains: the raw rewards ``r [N]``, or the objective
-    ``r + kl_coef * mean_logprob()`` (:func:`fastalign._common.objective`); float64 on CPU."""
+    ``r + kl_coef * mean_logprob()`` (:func:`fastalign.methods._common.objective`); float64 on CPU."""
     goal = _common.objective(r, mean_logprob, kl_coef)
     return r.double().cpu() if goal is None else goal
 
@@ -814,9 +816,35 @@ def _due(st: SeaSettings, s: int) -> bool:
     return st.eval_every is not None and s % st.eval_every == 0 and (s > 0 or st.select == "best")
 
 
+def _record_step(traces: dict, e, gnorm, alive: torch.Tensor, B: int, C: int) -> None:
+    """Append one update's per-prompt means (energy, soft reward, fluency) and per-chain gradient norms
+    (its norm for clip "chain", its largest row norm for "row", the global norm for "global")."""
+    for key in ("energy", "soft_reward", "fluency"):
+        traces[key].append(_masked_mean(getattr(e, key), alive, B))
+    if gnorm is not None:
+        g = gnorm.detach().float()
+        g = g.expand(B * C) if g.dim() == 0 else (g.amax(-1) if g.dim() == 2 else g)
+        traces["grad_norm"].append(g.view(B, C).tolist())
+
+
+def _choose_chains(best: BestIterate, alive: torch.Tensor, starts: tuple, B: int, C: int) -> torch.Tensor:
+    """``[B]`` each prompt's answering chain: the live chain with the best objective. A prompt whose every
+    eligible iterate has objective -inf (empty responses) answers its best start, which is then written
+    into ``best`` (``starts``: the starts' texts, ids, rewards and objectives, ``[B * C]`` each)."""
+    base_texts, base_ids, base_r, start_goal = starts
+    live_goal = torch.where(alive.cpu(), best.goal, torch.full_like(best.goal, -math.inf)).view(B, C)
+    start_pick = torch.where(alive.cpu(), base_r.double().cpu(), torch.full_like(best.goal, -math.inf)).view(B, C)
+    pick = torch.where(torch.isfinite(live_goal).any(-1), live_goal.argmax(-1), start_pick.argmax(-1))
+    for i in (b * C + int(pick[b]) for b in range(B)):
+        if best.texts[i] is None:  # that fallback: the start itself
+            best.texts[i], best.ids[i], best.reward[i] = base_texts[i], base_ids[i], float(base_r[i])
+            best.goal[i], best.step[i] = float(start_goal[i]), -1
+    return pick
+
+
 def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: SeaSettings, *,
         metrics: bool = True, progress: bool = True) -> list:
-    """SEA on already encoded prompts: one :class:`~fastalign.results.AlignResult` per prompt."""
+    """SEA on already encoded prompts: one :class:`~fastalign.methods.results.AlignResult` per prompt."""
     device = engine.head_device(model)  # y, the noise and the fused step live where the head computes
     say = _common.Progress(progress, "sea")
     t0 = time.perf_counter()
@@ -858,24 +886,12 @@ def run(model, tokenizer, encoded: _common.EncodedPrompts, reward, soft, st: Sea
             alive = _check_finite(e, alive, prompts, C, s)
             y, gnorm = update(y, e.grad, st, seeds_dev, s, state)
             steps_run = s + 1
-            for key in ("energy", "soft_reward", "fluency"):
-                traces[key].append(_masked_mean(getattr(e, key), alive, B))
-            if gnorm is not None:  # per chain: its norm ("chain"), its largest row norm ("row"), the global norm
-                g = gnorm.detach().float()
-                g = g.expand(B * C) if g.dim() == 0 else (g.amax(-1) if g.dim() == 2 else g)
-                traces["grad_norm"].append(g.view(B, C).tolist())
+            _record_step(traces, e, gnorm, alive, B, C)
             if (s + 1) % 10 == 0:
                 say(f"step {s + 1}/{st.steps}: energy " + ", ".join(f"{v:.3f}" for v in traces["energy"][-1])
                     + f" ({time.perf_counter() - t0:.1f} s)")
     seconds = time.perf_counter() - t0
-    live_goal = torch.where(alive.cpu(), best.goal, torch.full_like(best.goal, -math.inf)).view(B, C)
-    # a prompt whose every eligible iterate has objective -inf (empty responses) answers its best start
-    start_pick = torch.where(alive.cpu(), base_r.double().cpu(), torch.full_like(best.goal, -math.inf)).view(B, C)
-    pick = torch.where(torch.isfinite(live_goal).any(-1), live_goal.argmax(-1), start_pick.argmax(-1))
-    for i in (b * C + int(pick[b]) for b in range(B)):
-        if best.texts[i] is None:  # that fallback: the start itself
-            best.texts[i], best.ids[i], best.reward[i] = base_texts[i], base_ids[i], float(base_r[i])
-            best.goal[i], best.step[i] = float(start_goal[i]), -1
+    pick = _choose_chains(best, alive, (base_texts, base_ids, base_r, start_goal), B, C)
     results = []
     for b in range(B):
         i = b * C + int(pick[b])

@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from fastalign import rng
+from fastalign.backends import rng
 from fastalign.errors import InputError, InputTypeError
 
 __all__ = ["stream_seeds", "sample_tokens"]
