@@ -743,33 +743,49 @@ def plot(report: dict, path) -> None:
     plt.close(fig)
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="bench_ops", description=__doc__.split("\n\n")[0])
+def thread_counts_argument(text: str) -> str:
+    """``--threads``: comma-separated positive integers or 'all' (checked when parsed: a one-line error)."""
+    try:
+        _threads_list(text)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers or 'all', got {text!r}") from None
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ops benchmark's options, declared once: ``python bench/bench_ops.py`` and ``fastalign bench``."""
     p.add_argument("--op", action="append", choices=OPS, help="op to benchmark (repeatable; default all)")
-    p.add_argument("--provider", action="append", choices=PROVIDERS, help="provider (repeatable; default all)")
-    p.add_argument("--threads", default="1,all", help="comma-separated thread counts or 'all' (default 1,all)")
+    p.add_argument("--provider", action="append", choices=PROVIDERS,
+                   help="provider (repeatable; default all that run here)")
+    p.add_argument("--threads", type=thread_counts_argument, default="1,all",
+                   help="thread counts, e.g. 1,all (default)")
     p.add_argument("--dtype", default="float32", choices=list(_DTYPES))
     p.add_argument("--preset", default="cpu", choices=PRESETS,
-                   help="shapes: cpu (default) or gpu-roofline (issue 17's, against the copy bandwidth)")
+                   help="shapes: cpu (default) or gpu-roofline (large, against the measured copy bandwidth)")
     p.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
-    p.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="draw time per provider and shape (needs matplotlib)")
-    return p
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+    p.add_argument("--plot", metavar="FILE.png", help="plot time per provider and shape (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main_from_args(args, progress: Callable[[str], None] | None = None) -> int:
+    """Run the benchmark ``args`` (from :func:`add_arguments`) asks for and print its tables or JSON rows."""
     report = run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
-                 measure_memory=not args.no_memory, progress=lambda m: print(m, file=sys.stderr, flush=True),
-                 preset=args.preset)
+                 measure_memory=not args.no_memory, progress=None if args.quiet else progress, preset=args.preset)
     if args.csv:
         write_csv(report, args.csv)
     if args.plot:
         plot(report, args.plot)
     print(json.dumps(json_rows(report), indent=1) if args.json else format_tables(report))
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench_ops", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return main_from_args(p.parse_args(argv), progress=lambda m: print(m, file=sys.stderr, flush=True))
 
 
 if __name__ == "__main__":

@@ -77,20 +77,6 @@ def top_p(text: str) -> float:
     return value
 
 
-def thread_counts(text: str) -> str:
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part in ("all", "max"):
-            continue
-        try:
-            if int(part) < 1:
-                raise ValueError
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated positive integers or 'all', got {text!r}") from None
-    return text
-
-
 def backend_name(text: str) -> str:
     from fastalign import backends as registry
 

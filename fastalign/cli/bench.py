@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 from fastalign.cli import _inputs
 from fastalign.errors import InputError
-from fastalign.cli._args import UsageError, nonneg_int, positive_int, say, seed_int, thread_counts
+from fastalign.cli._args import UsageError, nonneg_int, positive_int, say, seed_int
 
 
 def _load_bench_module(name: str):
@@ -60,42 +59,19 @@ def cmd_bench(args) -> int:
     if args.e2e:
         e2e = _load_bench_module("bench_e2e")
         return e2e.main_from_args(args)
-    bench = _load_bench_module("bench_ops")
-    progress = (lambda msg: say(f"bench: {msg}")) if not args.quiet else None
-    report = bench.run(args.op, args.provider, args.threads, dtype=args.dtype, quick=args.quick,
-                       measure_memory=not args.no_memory, progress=progress, preset=args.preset)
-    if args.csv:
-        bench.write_csv(report, args.csv)
-    if args.plot:
-        bench.plot(report, args.plot)
-    if args.json:
-        print(json.dumps(bench.json_rows(report), indent=1))
-    else:
-        print(bench.format_tables(report))
-    return 0
+    return _load_bench_module("bench_ops").main_from_args(args, progress=lambda msg: say(f"bench: {msg}"))
+
+
+def _benchmark_options(parser) -> None:
+    _load_bench_module("bench_ops").add_arguments(parser)
+    _load_bench_module("bench_e2e").add_arguments(parser)
 
 
 def add_parser(sub) -> None:
-    # bench_e2e's own options come with its module (which imports torch) when `bench` is parsed
+    # the ops benchmark's options and bench_e2e's own come with their modules (which import torch) when
+    # `bench` is parsed: each declared once, in its module
     b = sub.add_parser("bench", help="microbenchmarks of the fused ops (or --e2e on the default model)",
-                       extend=lambda parser: _load_bench_module("bench_e2e").add_arguments(parser))
-    b.add_argument("--op", action="append",
-                   choices=("aisp_perturb", "aisp_iteration", "aisp_update", "sea_step", "eager_overhead",
-                            "compiled_loop"),
-                   help="op to benchmark (repeatable; default all)")
-    b.add_argument("--provider", action="append",
-                   choices=("naive", "naive+torch.compile", "torch", "cpu", "triton", "cuda"),
-                   help="provider (repeatable; default all that run here)")
-    b.add_argument("--threads", type=thread_counts, default="1,all", help="thread counts, e.g. 1,all (default)")
-    b.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    b.add_argument("--preset", choices=("cpu", "gpu-roofline"), default="cpu",
-                   help="shapes: cpu (default) or gpu-roofline (large, against the measured copy bandwidth)")
-    b.add_argument("--quick", action="store_true", help="tiny shapes and short timing (smoke test)")
-    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    b.add_argument("--csv", metavar="FILE", help="also write the rows as CSV")
-    b.add_argument("--json", action="store_true", help="print the rows as a JSON list")
-    b.add_argument("--plot", metavar="FILE.png", help="plot time per provider and shape (needs matplotlib)")
-    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+                       extend=_benchmark_options)
     b.add_argument("--e2e", action="store_true",
                    help="end to end on the default model: AISP vs Best-of-N at equal reward calls, SEA vs base")
     b.add_argument("--n", type=positive_int, default=None, help="--e2e: AISP rollouts per iteration")
