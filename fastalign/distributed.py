@@ -639,9 +639,9 @@ def align_file(prompts, out, align_batch: Callable[[list[dict]], Sequence], *, p
             raise InputError(f"prompts[{i}]: expected a dict with a \"prompt\" string, got {item!r:.60}")
     if not items:
         raise InputError("prompts: expected at least one prompt, got none")
-    from fastalign.cli import _inputs
+    from fastalign._files import output_file
 
-    out = _inputs.output_file(os.fspath(out), "out", "results.jsonl", replaced=True)  # before any work
+    out = output_file(os.fspath(out), "out", "results.jsonl", replaced=True)  # before any work
     batches = make_batches(items, batch_size, group_key)
     own = dist is None
     d = init() if own else dist

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: bottom to top; a module belongs to the first layer with a prefix of its dotted name
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("fastalign.errors", "fastalign._cache", "fastalign._progress", "fastalign._clip")),
+    ("base", ("fastalign.errors", "fastalign._cache", "fastalign._progress", "fastalign._clip", "fastalign._files")),
     ("kernels", ("fastalign.kernels",)),
     ("backends", ("fastalign.backends",)),
     ("ops", ("fastalign.ops",)),
