@@ -818,8 +818,8 @@ def test_input_error_types_are_value_and_type_errors():
     assert (errors.InputError, errors.InputTypeError) == (fa.InputError, fa.InputTypeError)
 
 
-@pytest.mark.parametrize("module", ["ops._validate", "_files", "cli._inputs", "engine._context", "methods._common", "engine.encoding",
-                                    "engine.sampling"])
+@pytest.mark.parametrize("module", ["ops._validate", "_files", "cli._inputs", "engine._context",
+                                    "methods._common", "engine.encoding", "engine.sampling"])
 def test_validation_modules_raise_only_fastalign_input_errors(module):
     """Every raise of a module whose job is validation is bad input (a plain ValueError there would read
     as a bug to the command line: exit 1 with a traceback)."""

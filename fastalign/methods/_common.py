@@ -17,8 +17,8 @@ from fastalign.errors import InputError, InputTypeError
 from fastalign.scoring.rewards import call_reward
 
 __all__ = ["check_int", "check_float", "check_kl_coef", "objective", "check_backend", "check_model_and_reward",
-           "encode_call", "call_results", "check_context", "Progress", "EncodedPrompts", "report_truncated", "compiled_step", "greedy_baseline",
-           "attach_metrics"]
+           "encode_call", "call_results", "check_context", "Progress", "EncodedPrompts", "report_truncated",
+           "compiled_step", "greedy_baseline", "attach_metrics"]
 
 
 def check_int(value, name: str, lo: int = 1) -> int:

@@ -33,9 +33,9 @@ with where it comes from); an option given explicitly overrides the preset.
 Phases (each a function, testable alone): :func:`initial_samples` (a base-model sample per chain and the
 logits along it: ``y``'s start), :func:`soft_tokens` + :class:`BaseLM` + :func:`energy_and_grad`
 (the energy and its gradient), :func:`update` (the step), :func:`decode_tokens` /
-:func:`decode_parallel` (decoding), :class:`BestIterate` and the scoring in :func:`run`. The prompts are prefilled once (:class:`fastalign.methods._common.EncodedPrompts`) and
-their cache forked to the chains for the initial samples, every LM forward of the energy and the
-``lm_topk`` decoding.
+:func:`decode_parallel` (decoding), :class:`BestIterate` and the scoring in :func:`run`. The prompts
+are prefilled once (:class:`fastalign.methods._common.EncodedPrompts`) and their cache forked to the
+chains for the initial samples, every LM forward of the energy and the ``lm_topk`` decoding.
 
 Noise: ``"langevin"`` (the paper's update ``y <- y - lr * grad + std * xi``: the noise stays in the
 iterate, :func:`~fastalign.ops.sea_step` with ``noise_std``), ``"eval"`` (the gradient is taken at
@@ -274,8 +274,8 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
         preset: ``"fastalign"`` or ``"authors"``.
         chains: chains per prompt, each from its own base sample (4; the paper's ablation finds 1 chain
             clearly worse).
-        steps: optimisation steps (updates); ``steps + 1`` points are evaluated, the start included
-            (fastalign: 40; authors: 199, their 200 iterations of which the last does not update).
+        steps: optimisation steps (updates) (fastalign: 10; authors: 199, their 200 iterations of which
+            the last does not update).
         lr, optimizer: step size and ``"adam"`` (both presets) or ``"sgld"`` (textbook Langevin)
             (fastalign: 0.1; authors: 0.01).
         noise: ``"langevin"`` (the noise stays in ``y``: the paper's update; fastalign), ``"eval"`` (the
@@ -318,9 +318,10 @@ def sea_generate(model, tokenizer, prompts, reward, *, preset: str = "fastalign"
             sample (the starts included), so no answer scores below the best start, with ``kl_coef``
             too; the best chain answers (both presets). ``"final"``: the best of the chains' final
             points (the former behaviour).
-        eval_every: steps between evaluations (1; with ``"final"`` None evaluates the end only). The
-            LM-top-k decoding of an evaluation is a parallel fixed-point iteration that re-runs the LM
-            only for the chains whose tokens changed (:func:`decode_parallel`).
+        eval_every: steps between evaluations, the start and the last point always evaluated (fastalign:
+            5; authors: 1; with ``"final"`` None evaluates the end only). An evaluation's LM-top-k
+            decoding is one memoised parallel sweep from the previous decoding when that settles it
+            (no LM rows when no choice moved, :func:`decode_parallel`), else incremental.
         patience: stop once this many evaluations in a row improved no chain (fastalign: None, never;
             authors: 100).
         max_new_tokens: response length L (32; the authors use 50).
