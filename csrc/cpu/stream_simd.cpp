@@ -94,18 +94,33 @@ static inline vf vsqrt(vf x) {
 #define FA_SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, ni{i, j, k, l})
 #endif
 
-// a, b, c, d hold element j = 0..3 of blocks 0..3; out gets the 16 values of blocks 0..3 in order.
-static inline void store4_interleaved4(float* out, nf a, nf b, nf c, nf d) {
+// a, b, c, d hold element j = 0..3 of blocks 0..3; t[0..3] get the 16 values of blocks 0..3 in order.
+static inline void transpose4x4(nf a, nf b, nf c, nf d, nf* t) {
   const nf t0 = FA_SHUFFLE(a, b, 0, 4, 1, 5), t1 = FA_SHUFFLE(a, b, 2, 6, 3, 7);
   const nf t2 = FA_SHUFFLE(c, d, 0, 4, 1, 5), t3 = FA_SHUFFLE(c, d, 2, 6, 3, 7);
-  const nf r[4] = {FA_SHUFFLE(t0, t2, 0, 1, 4, 5), FA_SHUFFLE(t0, t2, 2, 3, 6, 7),
-                   FA_SHUFFLE(t1, t3, 0, 1, 4, 5), FA_SHUFFLE(t1, t3, 2, 3, 6, 7)};
-  __builtin_memcpy(out, r, sizeof(r));
+  t[0] = FA_SHUFFLE(t0, t2, 0, 1, 4, 5);
+  t[1] = FA_SHUFFLE(t0, t2, 2, 3, 6, 7);
+  t[2] = FA_SHUFFLE(t1, t3, 0, 1, 4, 5);
+  t[3] = FA_SHUFFLE(t1, t3, 2, 3, 6, 7);
 }
 #undef FA_SHUFFLE
 
-static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
-  for (int k = 0; k < kRegs; ++k) store4_interleaved4(out + 16 * k, a.p[k], b.p[k], c.p[k], d.p[k]);
+// The 4 * kLanes values of a, b, c, d (element j = 0..3 of blocks 0..kLanes-1) in stream order:
+// t[q] holds values q * kRegLanes .. (q + 1) * kRegLanes - 1.
+static inline void transpose4(vf a, vf b, vf c, vf d, nf* t) {
+  for (int k = 0; k < kRegs; ++k) transpose4x4(a.p[k], b.p[k], c.p[k], d.p[k], t + 4 * k);
+}
+
+static inline nf fmadd(nf a, nf b, nf c) {
+#if defined(__FMA__)
+  return (nf)_mm_fmadd_ps((__m128)a, (__m128)b, (__m128)c);
+#elif defined(__ARM_FEATURE_FMA)
+  return (nf)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+  nf r;
+  for (int i = 0; i < 4; ++i) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
+  return r;
+#endif
 }
 
 #include "stream_simd_impl.h"
@@ -141,8 +156,8 @@ static inline vf vsqrt(vf x) {
   return r;
 }
 
-// a, b, c, d hold element j = 0..3 of blocks 0..7; out gets the 32 values of blocks 0..7 in order.
-static inline void store4_interleaved8(float* out, __m256 a, __m256 b, __m256 c, __m256 d) {
+// a, b, c, d hold element j = 0..3 of blocks 0..7; t[0..3] get the 32 values of blocks 0..7 in order.
+static inline void transpose4x8(__m256 a, __m256 b, __m256 c, __m256 d, nf* t) {
   const __m256 t0 = _mm256_unpacklo_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
   const __m256 t1 = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
   const __m256 t2 = _mm256_unpacklo_ps(c, d);
@@ -151,16 +166,19 @@ static inline void store4_interleaved8(float* out, __m256 a, __m256 b, __m256 c,
   const __m256 r1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));  // blk 1 | 5
   const __m256 r2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));  // blk 2 | 6
   const __m256 r3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));  // blk 3 | 7
-  _mm256_storeu_ps(out + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
-  _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
-  _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
-  _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+  t[0] = (nf)_mm256_permute2f128_ps(r0, r1, 0x20);
+  t[1] = (nf)_mm256_permute2f128_ps(r2, r3, 0x20);
+  t[2] = (nf)_mm256_permute2f128_ps(r0, r1, 0x31);
+  t[3] = (nf)_mm256_permute2f128_ps(r2, r3, 0x31);
 }
 
-static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+// The 4 * kLanes values of a, b, c, d in stream order (t[q]: values q * 8 .. q * 8 + 7).
+static inline void transpose4(vf a, vf b, vf c, vf d, nf* t) {
   for (int k = 0; k < kRegs; ++k)
-    store4_interleaved8(out + 32 * k, (__m256)a.p[k], (__m256)b.p[k], (__m256)c.p[k], (__m256)d.p[k]);
+    transpose4x8((__m256)a.p[k], (__m256)b.p[k], (__m256)c.p[k], (__m256)d.p[k], t + 4 * k);
 }
+
+static inline nf fmadd(nf a, nf b, nf c) { return (nf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 
 // Wide Philox (stream_simd_impl.h) only where the compiler may use AVX-512VL on 256-bit vectors (a
 // -march=native build on an AVX-512 CPU, forced to this path): it needs the 32 vector registers and
@@ -211,8 +229,8 @@ static inline vf vsqrt(vf x) {
   return r;
 }
 
-// a, b, c, d hold element j = 0..3 of blocks 0..15; out gets the 64 values of blocks 0..15 in order.
-static inline void store4_interleaved16(float* out, __m512 a, __m512 b, __m512 c, __m512 d) {
+// a, b, c, d hold element j = 0..3 of blocks 0..15; t[0..3] get the 64 values of blocks 0..15 in order.
+static inline void transpose4x16(__m512 a, __m512 b, __m512 c, __m512 d, nf* t) {
   const __m512 t0 = _mm512_unpacklo_ps(a, b);
   const __m512 t1 = _mm512_unpackhi_ps(a, b);
   const __m512 t2 = _mm512_unpacklo_ps(c, d);
@@ -227,16 +245,19 @@ static inline void store4_interleaved16(float* out, __m512 a, __m512 b, __m512 c
   const __m512 s1 = _mm512_shuffle_f32x4(r0, r1, 0xEE);  // r0.L2 r0.L3 r1.L2 r1.L3
   const __m512 s2 = _mm512_shuffle_f32x4(r2, r3, 0x44);
   const __m512 s3 = _mm512_shuffle_f32x4(r2, r3, 0xEE);
-  _mm512_storeu_ps(out + 0, _mm512_shuffle_f32x4(s0, s2, 0x88));   // blocks 0..3
-  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(s0, s2, 0xDD));  // blocks 4..7
-  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(s1, s3, 0x88));  // blocks 8..11
-  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(s1, s3, 0xDD));  // blocks 12..15
+  t[0] = (nf)_mm512_shuffle_f32x4(s0, s2, 0x88);  // blocks 0..3
+  t[1] = (nf)_mm512_shuffle_f32x4(s0, s2, 0xDD);  // blocks 4..7
+  t[2] = (nf)_mm512_shuffle_f32x4(s1, s3, 0x88);  // blocks 8..11
+  t[3] = (nf)_mm512_shuffle_f32x4(s1, s3, 0xDD);  // blocks 12..15
 }
 
-static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+// The 4 * kLanes values of a, b, c, d in stream order (t[q]: values q * 16 .. q * 16 + 15).
+static inline void transpose4(vf a, vf b, vf c, vf d, nf* t) {
   for (int k = 0; k < kRegs; ++k)
-    store4_interleaved16(out + 64 * k, (__m512)a.p[k], (__m512)b.p[k], (__m512)c.p[k], (__m512)d.p[k]);
+    transpose4x16((__m512)a.p[k], (__m512)b.p[k], (__m512)c.p[k], (__m512)d.p[k], t + 4 * k);
 }
+
+static inline nf fmadd(nf a, nf b, nf c) { return (nf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 
 // Wide Philox (stream_simd_impl.h): 64-bit lanes, the counter word in the low half.
 #define FA_PHILOX_WIDE 1
@@ -267,6 +288,20 @@ GenerateFn generator_for(Isa isa) {
   (void)isa;
   return portable::generate;
 }
+
+using PerturbFn = void (*)(int64_t, int64_t, int64_t, const float*, const float*, float, float*, float*);
+
+#define FA_PERTURB_FOR(ns) \
+  (fma ? (eps ? ns::perturb<true, true> : ns::perturb<true, false>) : (eps ? ns::perturb<false, true> : ns::perturb<false, false>))
+PerturbFn perturb_for(Isa isa, bool fma, bool eps) {
+#if FA_CPU_X86
+  if (isa == Isa::kAvx512) return FA_PERTURB_FOR(avx512);
+  if (isa == Isa::kAvx2) return FA_PERTURB_FOR(avx2);
+#endif
+  (void)isa;
+  return FA_PERTURB_FOR(portable);
+}
+#undef FA_PERTURB_FOR
 
 PartsFn parts_for(Isa isa) {
 #if FA_CPU_X86
@@ -347,6 +382,16 @@ void words_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblock
 
 void box_muller_parts_isa(Isa isa, const float* u, int64_t n, float* r, float* c, float* s) {
   parts_for(clamp(isa))(u, n, r, c, s);
+}
+
+void perturb_range_isa(Isa isa, int64_t seed, int64_t k0, int64_t len, const float* h, const float* u, float sigma,
+                       bool fma, float* out, float* eps_out) {
+  perturb_for(clamp(isa), fma, eps_out != nullptr)(seed, k0, len, h, u, sigma, out, eps_out);
+}
+
+void perturb_range(int64_t seed, int64_t k0, int64_t len, const float* h, const float* u, float sigma, bool fma,
+                   float* out, float* eps_out) {
+  perturb_range_isa(active_isa(), seed, k0, len, h, u, sigma, fma, out, eps_out);
 }
 
 void randn_blocks(int64_t seed, int64_t first_block, int64_t nblocks, float* out) {

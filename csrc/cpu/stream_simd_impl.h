@@ -5,11 +5,20 @@
 //   registers, kLanes lanes, operators applied to each register in turn: kRegs dependency chains);
 //   mulhilo(a, x, &hi, &lo)   32x32 -> 64-bit products of a constant and each lane;
 //   vsqrt(x);
-//   store4_interleaved(float* out, vf a, vf b, vf c, vf d)  out[4*i + {0,1,2,3}] = {a,b,c,d}[i].
+//   transpose4(vf a, vf b, vf c, vf d, nf* t)  the 4 * kLanes values out[4*i + {0,1,2,3}] = {a,b,c,d}[i]
+//                                              in stream order: t[q] holds out[q*kRegLanes ...];
+//   fmadd(nf a, nf b, nf c)   a * b + c rounded once.
 // No include guard on purpose: it is included once per ISA namespace.
 
 // Stream constants: the header's definitions (fastalign/philox.h), nothing re-derived here; the
 // log and sincos polynomials: fastalign/box_muller_poly.h, shared with the scalar code.
+
+// out[4*i + {0,1,2,3}] = {a,b,c,d}[i] for i < kLanes (unaligned stores).
+static inline __attribute__((always_inline)) void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+  nf t[4 * kRegs];
+  transpose4(a, b, c, d, t);
+  for (int q = 0; q < 4 * kRegs; ++q) __builtin_memcpy(out + q * kRegLanes, &t[q], sizeof(nf));
+}
 
 // uint32 word -> uniform, bit-exact with fastalign::uint_to_uniform: x ^ (x >> 31) is ~x when x < 0.
 static inline __attribute__((always_inline)) vf vuniform(vu w) {
@@ -106,18 +115,22 @@ static inline __attribute__((always_inline)) void vphilox(uint64_t block, const 
 }
 #endif  // FA_PHILOX_WIDE
 
-// Normals (words == nullptr) or words (normals == nullptr) of blocks [first_block, first_block + nblocks).
-static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* normals, uint32_t* words) {
-  const uint32_t key0 = static_cast<uint32_t>(static_cast<uint64_t>(seed));
-  const uint32_t key1 = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
-  vu round_keys[20];
-  uint32_t k0 = key0, k1 = key1;
+// The key schedule of `seed`, broadcast: round_keys[2r], [2r+1] = the key of round r.
+static inline __attribute__((always_inline)) void make_round_keys(int64_t seed, vu* round_keys) {
+  uint32_t k0 = static_cast<uint32_t>(static_cast<uint64_t>(seed));
+  uint32_t k1 = static_cast<uint32_t>(static_cast<uint64_t>(seed) >> 32);
   for (int r = 0; r < 10; ++r) {
     round_keys[2 * r] = splat_u(k0);
     round_keys[2 * r + 1] = splat_u(k1);
     k0 += ::fastalign::kPhiloxKeyA;
     k1 += ::fastalign::kPhiloxKeyB;
   }
+}
+
+// Normals (words == nullptr) or words (normals == nullptr) of blocks [first_block, first_block + nblocks).
+static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* normals, uint32_t* words) {
+  vu round_keys[20];
+  make_round_keys(seed, round_keys);
   alignas(64) float tail[4 * kLanes];
   for (int64_t b = 0; b < nblocks; b += kLanes) {
     vu w0, w1, w2, w3;
@@ -138,3 +151,73 @@ static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* 
     if (rem < kLanes) __builtin_memcpy(normals + offset, tail, sizeof(float) * 4 * rem);
   }
 }
+
+// Keeps x as a rounded value: the compiler may not fuse the product that made it into a later add.
+#if defined(__x86_64__) || defined(__i386__)
+#define FA_ROUNDED(x) __asm__("" : "+x"(x))
+#elif defined(__aarch64__)
+#define FA_ROUNDED(x) __asm__("" : "+w"(x))
+#else
+#define FA_ROUNDED(x) __asm__("" : "+m"(x))
+#endif
+
+// aisp_perturb's element, as its loop in the caller's build computes it: (h + u) + sigma * eps,
+// with one rounding (fma) where that build contracts (kFma), else the product rounded first.
+template <bool kFma>
+static inline __attribute__((always_inline)) nf perturb_value(nf h, nf u, nf sigma, nf eps) {
+  if (kFma) return fmadd(sigma, eps, h + u);
+  nf p = sigma * eps;
+  FA_ROUNDED(p);
+  return (h + u) + p;
+}
+template <bool kFma>
+static inline __attribute__((always_inline)) float perturb_value(float h, float u, float sigma, float eps) {
+  if (kFma) return __builtin_fmaf(sigma, eps, h + u);
+  float p = sigma * eps;
+  FA_ROUNDED(p);
+  return (h + u) + p;
+}
+
+// stream_simd.h's perturb_range: the normals of [k0, k0 + len) go from registers (in stream order,
+// after the same transpose the stores use) straight into out = h + u + sigma * eps; eps_out gets them
+// too when kEps (for a by-product the caller sums itself). The normals are generate()'s, bit for bit.
+template <bool kFma, bool kEps>
+static void perturb(int64_t seed, int64_t k0, int64_t len, const float* h, const float* u, float sigma, float* out,
+                    float* eps_out) {
+  vu round_keys[20];
+  make_round_keys(seed, round_keys);
+  const int64_t first_block = k0 >> 2, head = k0 & 3;
+  const int64_t nblocks = (head + len + 3) >> 2;
+  const nf vsigma = nf{} + sigma;
+  for (int64_t b = 0; b < nblocks; b += kLanes) {
+    vu w0, w1, w2, w3;
+    vphilox(static_cast<uint64_t>(first_block + b), round_keys, &w0, &w1, &w2, &w3);
+    vf n0, n1, n2, n3;
+    vbox_muller(vuniform(w0), vuniform(w1), &n0, &n1);
+    vbox_muller(vuniform(w2), vuniform(w3), &n2, &n3);
+    const int64_t e0 = 4 * b - head;  // element of out that this vector's first normal belongs to
+    if (e0 >= 0 && e0 + 4 * kLanes <= len) {
+      nf t[4 * kRegs];
+      transpose4(n0, n1, n2, n3, t);
+      for (int q = 0; q < 4 * kRegs; ++q) {
+        const int64_t e = e0 + q * kRegLanes;
+        nf hv, uv;
+        __builtin_memcpy(&hv, h + e, sizeof(nf));
+        __builtin_memcpy(&uv, u + e, sizeof(nf));
+        const nf o = perturb_value<kFma>(hv, uv, vsigma, t[q]);
+        __builtin_memcpy(out + e, &o, sizeof(nf));
+        if (kEps) __builtin_memcpy(eps_out + e, &t[q], sizeof(nf));
+      }
+    } else {  // the partial vectors at both ends
+      alignas(64) float tmp[4 * kLanes];
+      store4_interleaved(tmp, n0, n1, n2, n3);
+      const int64_t lo = e0 < 0 ? -e0 : 0, hi = len - e0 < 4 * kLanes ? len - e0 : 4 * kLanes;
+      for (int64_t m = lo; m < hi; ++m) {
+        const int64_t e = e0 + m;
+        out[e] = perturb_value<kFma>(h[e], u[e], sigma, tmp[m]);
+        if (kEps) eps_out[e] = tmp[m];
+      }
+    }
+  }
+}
+#undef FA_ROUNDED
