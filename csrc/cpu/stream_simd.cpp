@@ -2,8 +2,10 @@
 // Registers per vector on each path: independent dependency chains interleaved (simd_regs.h). Tuned
 // with csrc/tests/bench_stream.cpp on a shared 2-core Xeon with AVX-512 (bench/RESULTS.md); rebuild
 // with -DFA_REGS_AVX2=N etc. to re-tune on another CPU. The AVX2 path has two settings: with
-// AVX-512VL available to the compiler (32 registers: the wide Philox below) 4, else 3; AVX-512: 3
-// since the wide Philox (4 before: 1.47 vs 1.52e9 normals/s at 4 and 3, alternating runs).
+// AVX-512VL available to the compiler (32 registers: the wide Philox below) 4, else 3 (plain AVX2:
+// swapped-lane rounds, fully unrolled; 2 / 3 / 4 measured alike for the stream, 3 best fused into
+// aisp_perturb); AVX-512: 3 since the wide Philox (4 before: 1.47 vs 1.52e9 normals/s at 4 and 3,
+// alternating runs).
 #ifndef FA_REGS_PORTABLE
 #define FA_REGS_PORTABLE 4
 #endif
@@ -180,6 +182,31 @@ static inline void transpose4(vf a, vf b, vf c, vf d, nf* t) {
 
 static inline nf fmadd(nf a, nf b, nf c) { return (nf)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 
+// Plain AVX2 (an AVX2-only CPU; the ahead-of-time build's avx2 path): the 32-bit-lane rounds with
+// the hi words in swapped order (stream_simd_impl.h): 6 instructions per multiply instead of 7.
+// With the round loop unrolled, 1.09x the normals/s of the in-order rounds (bench/RESULTS.md).
+#if !defined(__AVX512VL__)
+#define FA_PHILOX_HALF_SWAP 1
+// mulhilo with the hi words in the lane order S = (0, 2, 1, 3) of every 128-bit half: vshufps takes
+// the hi words of the even products (lanes 0, 2) and of the odd ones (1, 3) in one instruction.
+static inline void mulhilo_swap(uint32_t a, vu x, vu* hi, vu* lo) {
+  const __m256i va = _mm256_set1_epi32(static_cast<int>(a));
+  for (int k = 0; k < kRegs; ++k) {
+    const __m256i in = (__m256i)x.p[k];
+    const __m256i even = _mm256_mul_epu32(in, va);                        // lanes 0, 2, 4, 6
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(in, 32), va);  // lanes 1, 3, 5, 7
+    hi->p[k] = (nu)_mm256_castps_si256(
+        _mm256_shuffle_ps(_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd), 0xDD));  // hi of 0 2 1 3
+    lo->p[k] = (nu)_mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  }
+}
+static inline vu unswap(vu x) {
+  vu r;
+  for (int k = 0; k < kRegs; ++k) r.p[k] = (nu)_mm256_shuffle_epi32((__m256i)x.p[k], 0xD8);
+  return r;
+}
+#endif
+
 // Wide Philox (stream_simd_impl.h) only where the compiler may use AVX-512VL on 256-bit vectors (a
 // -march=native build on an AVX-512 CPU, forced to this path): it needs the 32 vector registers and
 // the three-way XOR (vpternlogd). With AVX2's 16 registers it spills and loses to the 32-bit-lane
@@ -196,6 +223,9 @@ static inline nu join_even_odd(nw e, nw o) {
 #include "stream_simd_impl.h"
 #ifdef FA_PHILOX_WIDE
 #undef FA_PHILOX_WIDE
+#endif
+#ifdef FA_PHILOX_HALF_SWAP
+#undef FA_PHILOX_HALF_SWAP
 #endif
 
 }  // namespace avx2

@@ -7,7 +7,7 @@
 //
 //   avx512   Philox on 64-bit lanes (_mm512_mul_epu32, no split/merge shuffles) on __m512 (AVX512F/DQ/BW/VL)
 //   avx2     the same code on __m256 where the compiler may use AVX-512VL, else even/odd
-//            _mm256_mul_epu32 Philox on 32-bit lanes                                   (AVX2 + FMA)
+//            _mm256_mul_epu32 Philox on 32-bit lanes, hi words in swapped lane order    (AVX2 + FMA)
 //   portable the same code in plain GCC/Clang vector extensions on 128-bit vectors: SSE2 on any
 //            x86-64, NEON on aarch64 (whatever the compiler targets; no intrinsics)
 //

@@ -90,6 +90,34 @@ static inline __attribute__((always_inline)) void vphilox(uint64_t block, const 
     w3->p[k] = join_even_odd(c3[2 * k], c3[2 * k + 1]);
   }
 }
+#elif defined(FA_PHILOX_HALF_SWAP)
+// The 32-bit-lane rounds with the hi words in a swapped lane order (plain AVX2: 16 registers, no
+// three-way XOR). The namespace defines mulhilo_swap(a, x, &hi, &lo): lo as mulhilo's, hi with the
+// middle two lanes of every 4 swapped (one vshufps instead of a shift and a blend; the swap S is its
+// own inverse), and unswap(x) = S(x). The order of c0, c2 then alternates between the blocks' own
+// (even rounds) and S (odd rounds), c1, c3 (last round's lo words) are a round behind, so each XOR
+// meets its operands in one order; c1's starting carry is laid out in S order to meet round 0's hi
+// word, and after the 10th round c0, c2 are in order and c1, c3 need one unswap each.
+static inline __attribute__((always_inline)) void vphilox(uint64_t block, const vu* round_keys, vu* w0, vu* w1, vu* w2, vu* w3) {
+  const uint32_t base_lo = static_cast<uint32_t>(block);
+  vu c0 = lane_index() + base_lo;
+  vu c1 = splat_u(static_cast<uint32_t>(block >> 32)) - as_u(unswap(c0) < base_lo);  // + carry, S order
+  vu c2 = splat_u(0u), c3 = splat_u(0u);
+#pragma GCC unroll 10  // whole: the c0..c3 renaming then costs no register moves or spill copies
+  for (int r = 0; r < 10; ++r) {
+    vu hi0, lo0, hi2, lo2;
+    mulhilo_swap(::fastalign::kPhiloxRoundA, c0, &hi0, &lo0);
+    mulhilo_swap(::fastalign::kPhiloxRoundB, c2, &hi2, &lo2);
+    c0 = hi2 ^ c1 ^ round_keys[2 * r];
+    c1 = lo2;
+    c2 = hi0 ^ c3 ^ round_keys[2 * r + 1];
+    c3 = lo0;
+  }
+  *w0 = c0;
+  *w1 = unswap(c1);
+  *w2 = c2;
+  *w3 = unswap(c3);
+}
 #else
 // Philox4x32-10 of kLanes consecutive blocks starting at `block` (a 64-bit counter; the low word
 // may wrap inside the vector, the carry goes to the high word). round_keys[2r], [2r+1]: the key of
