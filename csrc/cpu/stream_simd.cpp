@@ -105,7 +105,19 @@ static inline void transpose4x4(nf a, nf b, nf c, nf d, nf* t) {
   t[2] = FA_SHUFFLE(t1, t3, 0, 1, 4, 5);
   t[3] = FA_SHUFFLE(t1, t3, 2, 3, 6, 7);
 }
+// a, b, c, d hold element j = 0..3 of blocks 0..3; out gets the 16 values of blocks 0..3 in order.
+static inline void store4_interleaved4(float* out, nf a, nf b, nf c, nf d) {
+  const nf t0 = FA_SHUFFLE(a, b, 0, 4, 1, 5), t1 = FA_SHUFFLE(a, b, 2, 6, 3, 7);
+  const nf t2 = FA_SHUFFLE(c, d, 0, 4, 1, 5), t3 = FA_SHUFFLE(c, d, 2, 6, 3, 7);
+  const nf r[4] = {FA_SHUFFLE(t0, t2, 0, 1, 4, 5), FA_SHUFFLE(t0, t2, 2, 3, 6, 7),
+                   FA_SHUFFLE(t1, t3, 0, 1, 4, 5), FA_SHUFFLE(t1, t3, 2, 3, 6, 7)};
+  __builtin_memcpy(out, r, sizeof(r));
+}
 #undef FA_SHUFFLE
+
+static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+  for (int k = 0; k < kRegs; ++k) store4_interleaved4(out + 16 * k, a.p[k], b.p[k], c.p[k], d.p[k]);
+}
 
 // The 4 * kLanes values of a, b, c, d (element j = 0..3 of blocks 0..kLanes-1) in stream order:
 // t[q] holds values q * kRegLanes .. (q + 1) * kRegLanes - 1.
@@ -156,6 +168,27 @@ static inline vf vsqrt(vf x) {
   vf r;
   for (int k = 0; k < kRegs; ++k) r.p[k] = (nf)_mm256_sqrt_ps((__m256)x.p[k]);
   return r;
+}
+
+// a, b, c, d hold element j = 0..3 of blocks 0..7; out gets the 32 values of blocks 0..7 in order.
+static inline void store4_interleaved8(float* out, __m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 t0 = _mm256_unpacklo_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
+  const __m256 t1 = _mm256_unpackhi_ps(a, b);  // a2 b2 a3 b3 | a6 b6 a7 b7
+  const __m256 t2 = _mm256_unpacklo_ps(c, d);
+  const __m256 t3 = _mm256_unpackhi_ps(c, d);
+  const __m256 r0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));  // blk 0 | 4
+  const __m256 r1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));  // blk 1 | 5
+  const __m256 r2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));  // blk 2 | 6
+  const __m256 r3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));  // blk 3 | 7
+  _mm256_storeu_ps(out + 0, _mm256_permute2f128_ps(r0, r1, 0x20));
+  _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(r2, r3, 0x20));
+  _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(r0, r1, 0x31));
+  _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(r2, r3, 0x31));
+}
+
+static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+  for (int k = 0; k < kRegs; ++k)
+    store4_interleaved8(out + 32 * k, (__m256)a.p[k], (__m256)b.p[k], (__m256)c.p[k], (__m256)d.p[k]);
 }
 
 // a, b, c, d hold element j = 0..3 of blocks 0..7; t[0..3] get the 32 values of blocks 0..7 in order.
@@ -257,6 +290,33 @@ static inline vf vsqrt(vf x) {
   vf r;
   for (int k = 0; k < kRegs; ++k) r.p[k] = (nf)_mm512_sqrt_ps((__m512)x.p[k]);
   return r;
+}
+
+// a, b, c, d hold element j = 0..3 of blocks 0..15; out gets the 64 values of blocks 0..15 in order.
+static inline void store4_interleaved16(float* out, __m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 t0 = _mm512_unpacklo_ps(a, b);
+  const __m512 t1 = _mm512_unpackhi_ps(a, b);
+  const __m512 t2 = _mm512_unpacklo_ps(c, d);
+  const __m512 t3 = _mm512_unpackhi_ps(c, d);
+  // r_j holds blocks j, j+4, j+8, j+12 (one per 128-bit lane)
+  const __m512 r0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+  const __m512 r1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t2)));
+  const __m512 r2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+  const __m512 r3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t1), _mm512_castps_pd(t3)));
+  // 4x4 transpose of 128-bit lanes
+  const __m512 s0 = _mm512_shuffle_f32x4(r0, r1, 0x44);  // r0.L0 r0.L1 r1.L0 r1.L1
+  const __m512 s1 = _mm512_shuffle_f32x4(r0, r1, 0xEE);  // r0.L2 r0.L3 r1.L2 r1.L3
+  const __m512 s2 = _mm512_shuffle_f32x4(r2, r3, 0x44);
+  const __m512 s3 = _mm512_shuffle_f32x4(r2, r3, 0xEE);
+  _mm512_storeu_ps(out + 0, _mm512_shuffle_f32x4(s0, s2, 0x88));   // blocks 0..3
+  _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(s0, s2, 0xDD));  // blocks 4..7
+  _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(s1, s3, 0x88));  // blocks 8..11
+  _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(s1, s3, 0xDD));  // blocks 12..15
+}
+
+static inline void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
+  for (int k = 0; k < kRegs; ++k)
+    store4_interleaved16(out + 64 * k, (__m512)a.p[k], (__m512)b.p[k], (__m512)c.p[k], (__m512)d.p[k]);
 }
 
 // a, b, c, d hold element j = 0..3 of blocks 0..15; t[0..3] get the 64 values of blocks 0..15 in order.

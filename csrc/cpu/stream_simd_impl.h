@@ -5,6 +5,7 @@
 //   registers, kLanes lanes, operators applied to each register in turn: kRegs dependency chains);
 //   mulhilo(a, x, &hi, &lo)   32x32 -> 64-bit products of a constant and each lane;
 //   vsqrt(x);
+//   store4_interleaved(float* out, vf a, vf b, vf c, vf d)  out[4*i + {0,1,2,3}] = {a,b,c,d}[i];
 //   transpose4(vf a, vf b, vf c, vf d, nf* t)  the 4 * kLanes values out[4*i + {0,1,2,3}] = {a,b,c,d}[i]
 //                                              in stream order: t[q] holds out[q*kRegLanes ...];
 //   fmadd(nf a, nf b, nf c)   a * b + c rounded once.
@@ -12,13 +13,6 @@
 
 // Stream constants: the header's definitions (fastalign/philox.h), nothing re-derived here; the
 // log and sincos polynomials: fastalign/box_muller_poly.h, shared with the scalar code.
-
-// out[4*i + {0,1,2,3}] = {a,b,c,d}[i] for i < kLanes (unaligned stores).
-static inline __attribute__((always_inline)) void store4_interleaved(float* out, vf a, vf b, vf c, vf d) {
-  nf t[4 * kRegs];
-  transpose4(a, b, c, d, t);
-  for (int q = 0; q < 4 * kRegs; ++q) __builtin_memcpy(out + q * kRegLanes, &t[q], sizeof(nf));
-}
 
 // uint32 word -> uniform, bit-exact with fastalign::uint_to_uniform: x ^ (x >> 31) is ~x when x < 0.
 static inline __attribute__((always_inline)) vf vuniform(vu w) {
