@@ -54,6 +54,15 @@ constexpr int kRegs = FA_REGS_PORTABLE;  // 128-bit vectors per vf (see simd_reg
 typedef uint32_t nu __attribute__((vector_size(16)));
 typedef int32_t ni __attribute__((vector_size(16)));
 typedef float nf __attribute__((vector_size(16)));
+// x < s ? s : x: maxps(s, x) is exactly that ((s > x) ? s : x, x returned when unordered), one
+// instruction where GCC keeps the compare and the blend.
+static inline nf nmax(nf x, float s) {
+#if defined(__SSE__)
+  return (nf)_mm_max_ps(_mm_set1_ps(s), (__m128)x);
+#else
+  return x < s ? nf{} + s : x;
+#endif
+}
 #include "simd_regs.h"
 
 // 32x32 -> 64-bit products: the one operation vector extensions cannot say (a 64-bit lane product is
@@ -151,6 +160,7 @@ constexpr int kRegs = FA_REGS_AVX2;  // __m256 per vf (see simd_regs.h)
 typedef uint32_t nu __attribute__((vector_size(32)));
 typedef int32_t ni __attribute__((vector_size(32)));
 typedef float nf __attribute__((vector_size(32)));
+static inline nf nmax(nf x, float s) { return (nf)_mm256_max_ps(_mm256_set1_ps(s), (__m256)x); }  // see portable
 #include "simd_regs.h"
 
 static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
@@ -273,6 +283,7 @@ constexpr int kRegs = FA_REGS_AVX512;  // __m512 per vf (see simd_regs.h)
 typedef uint32_t nu __attribute__((vector_size(64)));
 typedef int32_t ni __attribute__((vector_size(64)));
 typedef float nf __attribute__((vector_size(64)));
+static inline nf nmax(nf x, float s) { return (nf)_mm512_max_ps(_mm512_set1_ps(s), (__m512)x); }  // see portable
 #include "simd_regs.h"
 
 static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
