@@ -9,7 +9,9 @@
 //   transpose4(vf a, vf b, vf c, vf d, nf* t)  the 4 * kLanes values out[4*i + {0,1,2,3}] = {a,b,c,d}[i]
 //                                              in stream order: t[q] holds out[q*kRegLanes ...];
 //   fmadd(nf a, nf b, nf c)   a * b + c rounded once.
-// No include guard on purpose: it is included once per ISA namespace.
+// FA_TAIL_NS (defined for the kRegs > 1 inclusion): the namespace of the same code on one register,
+// which generate() and perturb() hand the last, partial vector of a range to.
+// No include guard on purpose: it is included twice per ISA namespace (kRegs and one register).
 
 // Stream constants: the header's definitions (fastalign/philox.h), nothing re-derived here; the
 // log and sincos polynomials: fastalign/box_muller_poly.h, shared with the scalar code.
@@ -30,7 +32,7 @@ static inline __attribute__((always_inline)) void vbox_muller(vf ua, vf ub, vf* 
 }
 
 // The two halves of vbox_muller on given uniforms (stream_simd.h, box_muller_parts_isa).
-static void box_muller_parts(const float* u, int64_t n, float* r, float* c, float* s) {
+[[maybe_unused]] static void box_muller_parts(const float* u, int64_t n, float* r, float* c, float* s) {
   for (int64_t i = 0; i < n; i += kLanes) {
     const int64_t m = n - i < kLanes ? n - i : kLanes;
     vf x = splat(0.0f), vr, vc, vs;
@@ -155,6 +157,13 @@ static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* 
   make_round_keys(seed, round_keys);
   alignas(64) float tail[4 * kLanes];
   for (int64_t b = 0; b < nblocks; b += kLanes) {
+#if defined(FA_TAIL_NS)
+    if (nblocks - b < kLanes) {  // the last, partial vector: one register at a time, none generated in vain
+      FA_TAIL_NS::generate(seed, first_block + b, nblocks - b, normals != nullptr ? normals + 4 * b : nullptr,
+                           words != nullptr ? words + 4 * b : nullptr);
+      break;
+    }
+#endif
     vu w0, w1, w2, w3;
     vphilox(static_cast<uint64_t>(first_block + b), round_keys, &w0, &w1, &w2, &w3);
     const int64_t rem = nblocks - b;
@@ -212,12 +221,20 @@ static void perturb(int64_t seed, int64_t k0, int64_t len, const float* h, const
   const int64_t nblocks = (head + len + 3) >> 2;
   const nf vsigma = nf{} + sigma;
   for (int64_t b = 0; b < nblocks; b += kLanes) {
+    const int64_t e0 = 4 * b - head;  // element of out that this vector's first normal belongs to
+#if defined(FA_TAIL_NS)
+    if (e0 + 4 * kLanes > len) {  // the last, partial vector: one register at a time
+      const int64_t s = e0 < 0 ? 0 : e0;
+      FA_TAIL_NS::perturb<kFma, kEps>(seed, k0 + s, len - s, h + s, u + s, sigma, out + s,
+                                      kEps ? eps_out + s : nullptr);
+      break;
+    }
+#endif
     vu w0, w1, w2, w3;
     vphilox(static_cast<uint64_t>(first_block + b), round_keys, &w0, &w1, &w2, &w3);
     vf n0, n1, n2, n3;
     vbox_muller(vuniform(w0), vuniform(w1), &n0, &n1);
     vbox_muller(vuniform(w2), vuniform(w3), &n2, &n3);
-    const int64_t e0 = 4 * b - head;  // element of out that this vector's first normal belongs to
     if (e0 >= 0 && e0 + 4 * kLanes <= len) {
       nf t[4 * kRegs];
       transpose4(n0, n1, n2, n3, t);
