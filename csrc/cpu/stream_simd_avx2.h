@@ -7,6 +7,7 @@ typedef int32_t ni __attribute__((vector_size(32)));
 typedef float nf __attribute__((vector_size(32)));
 static inline nf nmax(nf x, float s) { return (nf)_mm256_max_ps(_mm256_set1_ps(s), (__m256)x); }  // see portable
 #include "simd_regs.h"
+constexpr int kTailRegs = kRegs;  // the last vector of a range: always the one-register code
 
 static inline void mulhilo(uint32_t a, vu x, vu* hi, vu* lo) {
   const __m256i va = _mm256_set1_epi32(static_cast<int>(a));

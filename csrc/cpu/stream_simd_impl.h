@@ -10,7 +10,8 @@
 //                                              in stream order: t[q] holds out[q*kRegLanes ...];
 //   fmadd(nf a, nf b, nf c)   a * b + c rounded once.
 // FA_TAIL_NS (defined for the kRegs > 1 inclusion): the namespace of the same code on one register,
-// which generate() and perturb() hand the last, partial vector of a range to.
+// which generate() and perturb() hand the last, partial vector of a range to when it needs at most
+// kTailRegs registers (the path's choice: one-register vectors are latency-bound).
 // No include guard on purpose: it is included twice per ISA namespace (kRegs and one register).
 
 // Stream constants: the header's definitions (fastalign/philox.h), nothing re-derived here; the
@@ -158,7 +159,8 @@ static void generate(int64_t seed, int64_t first_block, int64_t nblocks, float* 
   alignas(64) float tail[4 * kLanes];
   for (int64_t b = 0; b < nblocks; b += kLanes) {
 #if defined(FA_TAIL_NS)
-    if (nblocks - b < kLanes) {  // the last, partial vector: one register at a time, none generated in vain
+    if (nblocks - b < kLanes && nblocks - b <= kTailRegs * kRegLanes) {  // the last, partial vector: one
+                                                                         // register at a time
       FA_TAIL_NS::generate(seed, first_block + b, nblocks - b, normals != nullptr ? normals + 4 * b : nullptr,
                            words != nullptr ? words + 4 * b : nullptr);
       break;
@@ -223,7 +225,8 @@ static void perturb(int64_t seed, int64_t k0, int64_t len, const float* h, const
   for (int64_t b = 0; b < nblocks; b += kLanes) {
     const int64_t e0 = 4 * b - head;  // element of out that this vector's first normal belongs to
 #if defined(FA_TAIL_NS)
-    if (e0 + 4 * kLanes > len) {  // the last, partial vector: one register at a time
+    if (e0 + 4 * kLanes > len && len - e0 <= 4 * kTailRegs * kRegLanes) {  // the last, partial vector:
+                                                                           // one register at a time
       const int64_t s = e0 < 0 ? 0 : e0;
       FA_TAIL_NS::perturb<kFma, kEps>(seed, k0 + s, len - s, h + s, u + s, sigma, out + s,
                                       kEps ? eps_out + s : nullptr);

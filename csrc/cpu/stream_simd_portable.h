@@ -15,6 +15,7 @@ static inline nf nmax(nf x, float s) {
 #endif
 }
 #include "simd_regs.h"
+constexpr int kTailRegs = kRegs;  // the last vector of a range: always the one-register code
 
 // 32x32 -> 64-bit products: the one operation vector extensions cannot say (a 64-bit lane product is
 // scalar code on both NEON and SSE2), so the baseline instruction of each: pmuludq, umull/umull2.
