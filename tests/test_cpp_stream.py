@@ -1,7 +1,8 @@
 """The CPU stream generator (csrc/cpu/stream_simd.cpp) compiled by g++ without torch, on every path.
 
 csrc/tests/test_stream_simd.cpp checks each SIMD path's words bit for bit against the header, its
-normals within 2e-6 of the float64 evaluation, and bounds the error of the Box-Muller polynomials
+normals within 2e-6 of the float64 evaluation, perturb_range's out (the normals from registers into
+aisp_perturb's sum) bit for bit the plain loop's, and bounds the error of the Box-Muller polynomials
 over every uniform the stream can produce (exit status non-zero on any failure). Built with the
 just-in-time build's flags (-march=native on x86) and with the ahead-of-time build's (no -march); and
 cross-compiled for aarch64 and run under qemu-user when that toolchain is on PATH (NEON portable path).
@@ -43,7 +44,8 @@ def _check(output: str, paths: list[str], stride: int) -> None:
     streams = dict(re.findall(r"^STREAM (\w+) words ok=1 normals max_err=(\S+)$", output, re.M))
     polys = {m[0]: m for m in re.findall(r"^POLY (\w+) stride=(\d+) uniforms=(\d+) radius_err=(\S+) "
                                          r"sincos_err=(\S+) normal_bound=(\S+)$", output, re.M)}
-    assert sorted(streams) == sorted(paths) == sorted(polys), output
+    perturbs = re.findall(r"^PERTURB (\w+) ok=1 fma=[01]$", output, re.M)
+    assert sorted(streams) == sorted(paths) == sorted(polys) == sorted(perturbs), output
     for path in paths:
         assert float(streams[path]) <= 2e-6
         _, got_stride, count, radius_err, sincos_err, bound = polys[path]

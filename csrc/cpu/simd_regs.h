@@ -1,8 +1,8 @@
 // csrc/cpu/simd_regs.h — a SIMD vector of kRegs registers for stream_simd_impl.h.
 //
 // Included inside an ISA namespace (inside its `#pragma GCC target` region, if any) after that
-// namespace defines kRegs and the native GCC vector types nu (uint32), ni (int32), nf (float) of one
-// register. vu, vi, vf hold kRegs registers and every operation is applied to each in turn, so the
+// namespace defines kRegs, the native GCC vector types nu (uint32), ni (int32), nf (float) of one
+// register and nmax(nf x, float s) = x < s ? s : x lane by lane. vu, vi, vf hold kRegs registers and every operation is applied to each in turn, so the
 // code of stream_simd_impl.h, written once, interleaves kRegs independent dependency chains (a single
 // chain is latency-bound: ten dependent Philox rounds, then the log and sincos polynomials).
 // No include guard on purpose: it is included once per ISA namespace.
@@ -46,8 +46,8 @@ static inline vf as_f(vu x) { FA_REGS_MAP(vf, (nf)x.p[k]) }
 static inline vu as_u(vi x) { FA_REGS_MAP(vu, (nu)x.p[k]) }
 static inline vu as_u(vf x) { FA_REGS_MAP(vu, (nu)x.p[k]) }
 static inline vf to_float(vi x) { FA_REGS_MAP(vf, __builtin_convertvector(x.p[k], nf)) }
-// max(x, s) lane by lane (x not NaN).
-static inline vf vmax(vf x, float s) { FA_REGS_MAP(vf, x.p[k] < s ? nf{} + s : x.p[k]) }
+// x < s ? s : x lane by lane (the namespace's nmax: maxps where the ISA has it).
+static inline vf vmax(vf x, float s) { FA_REGS_MAP(vf, nmax(x.p[k], s)) }
 static inline vf splat(float x) { FA_REGS_MAP(vf, nf{} + x) }
 static inline vu splat_u(uint32_t x) { FA_REGS_MAP(vu, nu{} + x) }
 // lane index 0 .. kLanes-1

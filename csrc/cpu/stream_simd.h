@@ -7,7 +7,7 @@
 //
 //   avx512   Philox on 64-bit lanes (_mm512_mul_epu32, no split/merge shuffles) on __m512 (AVX512F/DQ/BW/VL)
 //   avx2     the same code on __m256 where the compiler may use AVX-512VL, else even/odd
-//            _mm256_mul_epu32 Philox on 32-bit lanes                                   (AVX2 + FMA)
+//            _mm256_mul_epu32 Philox on 32-bit lanes, hi words in swapped lane order    (AVX2 + FMA)
 //   portable the same code in plain GCC/Clang vector extensions on 128-bit vectors: SSE2 on any
 //            x86-64, NEON on aarch64 (whatever the compiler targets; no intrinsics)
 //
@@ -44,6 +44,22 @@ void words_blocks_isa(Isa isa, int64_t seed, int64_t first_block, int64_t nblock
 // (csrc/tests/test_stream_simd.cpp): r[i] = sqrt(-2 ln max(1e-7, u[i])) and (c[i], s[i]) = (cos, sin) of
 // float32(2 pi) * u[i], for u[i] in [0, 1], computed by the very code the normals come from.
 void box_muller_parts_isa(Isa isa, const float* u, int64_t n, float* r, float* c, float* s);
+
+// aisp_perturb's loop with the normals taken from registers (no buffer in between), float32:
+//   out[e] = (h[e] + u[e]) + sigma * normal(seed, k0 + e)   for e < len,
+// the sum rounded once (fma) when `fma`, else the product rounded first: pass kBuildFusesMulAdd, so the
+// result is bit for bit what the caller's own loop `h[e] + u[e] + sigma * eps[e]` gives in its build
+// (-ffp-contract=fast fuses it exactly where the build has FMA). eps_out (optional) gets the normals.
+void perturb_range(int64_t seed, int64_t k0, int64_t len, const float* h, const float* u, float sigma, bool fma,
+                   float* out, float* eps_out);
+void perturb_range_isa(Isa isa, int64_t seed, int64_t k0, int64_t len, const float* h, const float* u, float sigma,
+                       bool fma, float* out, float* eps_out);
+// Whether the including file's build turns a * b + c into one fma (a per-file constant).
+#if defined(__FP_FAST_FMAF)
+constexpr bool kBuildFusesMulAdd = true;
+#else
+constexpr bool kBuildFusesMulAdd = false;
+#endif
 
 // Scratch floats a caller must provide to randn_range for `len` normals.
 constexpr int64_t randn_scratch_size(int64_t len) { return len + 8; }

@@ -4,7 +4,8 @@
 //
 //   1. words: bit-exact with the header's definition (fastalign::stream_words), ragged counts, a
 //      counter whose low word wraps inside a vector;
-//   2. normals: within 2e-6 of the float64 evaluation of the same words;
+//   2. normals: within 2e-6 of the float64 evaluation of the same words; perturb_range (the normals
+//      from registers into aisp_perturb's out) bit for bit this file's own loop on those normals;
 //   3. the Box-Muller polynomials over the uniforms: every value uint_to_uniform can return (the
 //      2^24 multiples of 2^-31 below 2^-7 and every float32 in [2^-7, 1]: 75.5 million), or every
 //      `stride`-th of them. Prints, per path, the worst |r - r64| and |cos - cos64|, |sin - sin64| and
@@ -59,6 +60,43 @@ int check_stream(Isa isa) {
   }
   printf("STREAM %s words ok=%d normals max_err=%.3e\n", fastalign::cpu::isa_name(isa), failures == 0, worst);
   return failures + (worst <= kTolerance ? 0 : 1);
+}
+
+// perturb_range (aisp_perturb's float32 loop on the normals in registers): out bit for bit what this
+// file's own loop `h + u + sigma * eps` gives on the path's normals (same build flags, so the same
+// contraction: kBuildFusesMulAdd), eps_out bit for bit the path's normals; ragged starts and lengths.
+int check_perturb(Isa isa) {
+  struct Case { int64_t seed, k0, len; };
+  const Case cases[] = {{0, 0, 2048}, {7, 1, 37}, {11, 2, 1}, {3, 3, 1000}, {5, 4, 5}, {(1LL << 40) + 9, (1LL << 34) - 6, 517}};
+  const float sigma = 0.37f;
+  int failures = 0;
+  for (const Case& c : cases) {
+    std::vector<float> h(c.len), u(c.len), out(c.len, -1.0f), out_ref(c.len), eps_out(c.len, -1.0f);
+    std::vector<float> scratch(fastalign::cpu::randn_scratch_size(c.len));
+    for (int64_t e = 0; e < c.len; ++e) {
+      h[e] = 0.013f * static_cast<float>((e * 7919) % 301) - 1.9f;
+      u[e] = 0.0071f * static_cast<float>((e * 104729) % 97) - 0.3f;
+    }
+    const int64_t head = c.k0 & 3;
+    fastalign::cpu::randn_blocks_isa(isa, c.seed, c.k0 >> 2, (head + c.len + 3) >> 2, scratch.data());
+    const float* eps = scratch.data() + head;
+    for (int64_t e = 0; e < c.len; ++e) out_ref[e] = h[e] + u[e] + sigma * eps[e];
+    for (int with_eps = 0; with_eps < 2; ++with_eps) {
+      fastalign::cpu::perturb_range_isa(isa, c.seed, c.k0, c.len, h.data(), u.data(), sigma,
+                                        fastalign::cpu::kBuildFusesMulAdd, out.data(),
+                                        with_eps ? eps_out.data() : nullptr);
+      if (memcmp(out.data(), out_ref.data(), sizeof(float) * c.len) != 0 ||
+          (with_eps && memcmp(eps_out.data(), eps, sizeof(float) * c.len) != 0)) {
+        fprintf(stderr, "%s: perturb_range (seed %lld, k0 %lld, len %lld, eps_out %d) differs\n",
+                fastalign::cpu::isa_name(isa), static_cast<long long>(c.seed), static_cast<long long>(c.k0),
+                static_cast<long long>(c.len), with_eps);
+        ++failures;
+      }
+    }
+  }
+  printf("PERTURB %s ok=%d fma=%d\n", fastalign::cpu::isa_name(isa), failures == 0,
+         static_cast<int>(fastalign::cpu::kBuildFusesMulAdd));
+  return failures;
 }
 
 // The uniforms, in increasing order: index i < 2^24 -> i * 2^-31, then the float32s from 2^-7 to 1.
@@ -117,6 +155,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   for (int isa = 0; isa <= static_cast<int>(fastalign::cpu::best_isa()); ++isa) {
     failures += check_stream(static_cast<Isa>(isa));
+    failures += check_perturb(static_cast<Isa>(isa));
     failures += check_polynomials(static_cast<Isa>(isa), stride);
   }
   return failures == 0 ? 0 : 1;
