@@ -61,6 +61,9 @@ def test_wheel_contents(wheel):
     assert any(n.startswith("fastalign/_csrc/cuda/") and n.endswith(".cu") for n in names)
     assert {"fastalign/_bench/bench_ops.py", "fastalign/_bench/bench_e2e.py", "fastalign/_bench/naive.py"} <= names
     assert "fastalign/__main__.py" in names
+    # every module of every layer package (a package missing from pyproject's list would be left out)
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "fastalign").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, sorted(modules - names)
     # only what users run: no pytest files, no C++ test harnesses, the eager baseline only with the benchmarks
     assert not [n for n in names if n.rsplit("/", 1)[-1].startswith("test_")]
     assert not [n for n in names if n.startswith("fastalign/_csrc/tests/")]
