@@ -167,12 +167,14 @@ def _fit_context(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
     return ids[:, P - width:], mask[:, P - width:]
 
 
-def _encoded(model, api, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
+def _encoded(model, checked, text_tokenizer, input_ids, attention_mask, generation_config, max_new_tokens: int,
              truncate_prompt: bool = False) -> _common.EncodedPrompts:
+    """The call's prompts as :class:`~fastalign.methods._common.EncodedPrompts`; ``checked``: what
+    :func:`~fastalign.methods._common.check_model_and_reward` returned (the interface, the input device)."""
     if text_tokenizer is None:
         raise InputError("text_tokenizer: the reward scores texts, so pass the policy's tokenizer "
                          "(text_tokenizer=tokenizer; generate keeps tokenizer= for itself)")
-    device = engine.input_device(model)
+    api, device = checked
     ids, mask = _left_padded(input_ids.to(device), attention_mask)
     ids, mask = _fit_context(model, ids, mask, max_new_tokens, truncate_prompt)
     texts = [text_tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
@@ -230,8 +232,8 @@ def aisp(model, input_ids, logits_processor=None, stopping_criteria=None, genera
                                         alpha=alpha, horizon=horizon, max_new_tokens=T,
                                         normalize_rewards=normalize_rewards, mean_rollout=mean_rollout,
                                         final_samples=final_samples, seed=seed, backend=backend)
-    api, _ = _common.check_model_and_reward(model, reward, backend)
-    encoded = _encoded(model, api, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config, T,
+    checked = _common.check_model_and_reward(model, reward, backend)
+    encoded = _encoded(model, checked, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), generation_config, T,
                        truncate_prompt)
     results = _aisp.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
@@ -251,8 +253,8 @@ def bon(model, input_ids, logits_processor=None, stopping_criteria=None, generat
                                       if sample else 0.0, top_p=(gc.top_p or 1.0) if sample else 1.0,
                                       top_k=(gc.top_k or 0) if sample else 0, seed=seed, max_new_tokens=T,
                                       batch_size=batch_size, kl_coef=kl_coef)
-    api, _ = _common.check_model_and_reward(model, reward, None)
-    encoded = _encoded(model, api, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc, T, truncate_prompt)
+    checked = _common.check_model_and_reward(model, reward, None)
+    encoded = _encoded(model, checked, text_tokenizer, input_ids, model_kwargs.get("attention_mask"), gc, T, truncate_prompt)
     results = _bon.run(model, text_tokenizer, encoded, reward, settings, progress=progress, metrics=False)
     return _as_generate_output(input_ids, results, encoded, T)
 
@@ -276,9 +278,9 @@ def sea(model, input_ids, logits_processor=None, stopping_criteria=None, generat
     generation_config, T = _start("sea", model, input_ids, generation_config, logits_processor, stopping_criteria,
                                   kwargs, streamer, reward, sampling=False)
     settings = _sea.SeaSettings.check(**{**_SEA_OPTIONS, **options}, max_new_tokens=T)
-    api, _ = _common.check_model_and_reward(model, reward, settings.backend)
+    checked = _common.check_model_and_reward(model, reward, settings.backend)
     engine.input_embedding(model)  # refuses an offloaded embedding before any work
-    encoded = _encoded(model, api, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config, T,
+    encoded = _encoded(model, checked, text_tokenizer, input_ids, kwargs.get("attention_mask"), generation_config, T,
                        truncate_prompt)
     soft = soft_reward if soft_reward is not None else _sea.as_soft_reward(reward, model, text_tokenizer)
     results = _sea.run(model, text_tokenizer, encoded, reward, soft, settings, metrics=False, progress=progress)

@@ -62,7 +62,8 @@ def _imported(module: str, path: Path, modules: set[str]) -> list[tuple[int, str
     out = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("fastalign")]
+            out += [(node.lineno, a.name) for a in node.names
+                    if a.name == "fastalign" or a.name.startswith("fastalign.")]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -76,8 +77,9 @@ def _imported(module: str, path: Path, modules: set[str]) -> list[tuple[int, str
                     out.append((node.lineno, sub))
                 elif base == "fastalign" and a.name in fastalign._LAZY:
                     out.append((node.lineno, fastalign._LAZY[a.name]))
-                elif base != "fastalign":  # the root's other names: __version__, the error types (base)
+                elif base != "fastalign":  # a name that module P defines
                     out.append((node.lineno, base))
+                # else the root's own names (__version__, the error types): base, allowed everywhere
     return out
 
 

@@ -136,7 +136,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     Position ids come from the attention mask (left padding does not shift positions); the head
     computes the last position only (``logits_to_keep=1``) where the model supports it.
     """
-    api = prompt_cache.api if prompt_cache is not None and prompt_cache.api is not None else model_interface(model)
+    api = getattr(prompt_cache, "api", None) or model_interface(model)  # resolved once, with the cache
     if prompt_cache is None:
         prompt_cache = prefill(model, input_ids, attention_mask, api=api)
     N, T = prompt_cache.input_ids.shape[0] * repeats, max_new_tokens
